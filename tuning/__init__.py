@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over memory settings, and the reports (tables, plots) built from their results."""
