@@ -1,0 +1,70 @@
+"""The sweep grid and the report (tables, CSV, plots) built from trial records: no Ray needed."""
+import csv
+import math
+
+import pytest
+
+from tuning.grid import build_grid, paper_grid
+from tuning.report import markdown_tables, pareto_front, pearson, write_report
+
+
+def test_paper_grid_is_table_1():
+    names = {c.name for c in paper_grid()}
+    assert len(names) == 14
+    assert {"prepend-m16", "prepend-m48", "prepend-m112", "prepend-m48-joint8", "concat-m48-modulated32"} <= names
+    assert not any(c.memory == "cross_attn" for c in paper_grid())
+
+
+def test_grid_restriction_and_errors_name_the_flag():
+    assert [c.name for c in build_grid("paper", structures=["prepend"], memory_lengths=[16, 48],
+                                       compressions=["none"])] == ["prepend-m16", "prepend-m48"]
+    with pytest.raises(ValueError, match="--structures"):
+        build_grid("paper", structures=["prepnd"])
+    with pytest.raises(ValueError, match="empty"):
+        build_grid("paper", structures=["cross_attn"])
+    with pytest.raises(ValueError, match="--budgets"):
+        build_grid("full", memory_lengths=[16], budgets=[32])
+    full = build_grid("full", memory_lengths=[16], budgets=[8, 16])
+    assert all(c.budget <= c.memory_length for c in full) and any(c.memory == "cross_attn" for c in full)
+
+
+def _trial(name, memory, m, comp, budget, r, decay, flops):
+    return {"name": name, "status": "ok", "error": "",
+            "config": {"memory": memory, "memory_length": m, "compression": comp, "budget": budget},
+            "metrics": {"retrieval/0-16": r, "retrieval/16-48": r / 2, "retrieval/48-112": 0.0, "ssim/0-16": 0.5,
+                        "psnr/0-16": 20.0, "psnr/16-32": 20 - decay / 2, "psnr/32-48": 20 - decay * 0.8,
+                        "psnr/48-64": 20 - decay, "psnr_max_decay": decay, "probe_accuracy": 0.97,
+                        "flops_per_frame": flops, "sec_per_frame": flops / 1e9}}
+
+
+def test_report_files_hold_the_trials_numbers(tmp_path):
+    trials = [_trial("prepend-m16", "prepend", 16, "none", 16, 0.6, 2.0, 1e9),
+              _trial("prepend-m48", "prepend", 48, "none", 48, 0.8, 3.0, 3e9),
+              _trial("prepend-m48-joint8", "prepend", 48, "joint", 8, 0.7, 2.5, 1.5e9),
+              {"name": "concat-m16", "status": "error", "error": "RuntimeError: boom",
+               "config": {"memory": "concat", "memory_length": 16, "compression": "none", "budget": 16}, "metrics": {}}]
+    paths = write_report(trials, tmp_path)
+    md = paths["results_md"].read_text()
+    assert "| prepend | 48 | joint | 8 | 0.70 | 0.35 | 0.00 | 0.97 |" in md
+    assert "| prepend | 16 | N/A | N/A | 20.00 | 19.00 | 18.40 | 18.00 | 2.00 |" in md
+    assert "concat-m16" in md and "boom" in md  # failed trial reported with its error
+    assert "r = 1.00" in md  # retrieval rises exactly with decay in these records
+    rows = list(csv.DictReader(open(paths["results_csv"])))
+    assert [r["name"] for r in rows] == [t["name"] for t in trials]
+    assert float(rows[1]["retrieval/0-16"]) == 0.8
+    for key in ("retrieval_vs_budget", "retrieval_vs_decay", "retrieval_vs_cost"):
+        assert paths[key].stat().st_size > 1000 and paths[key].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_and_correlation():
+    pts = [(1, 0.5), (2, 0.4), (3, 0.9), (0.5, 0.1)]
+    assert pareto_front(pts) == [3, 0, 2]
+    assert math.isclose(pearson([1, 2, 3], [2, 4, 6]), 1.0)
+    assert math.isnan(pearson([1], [1]))
+
+
+def test_markdown_orders_structures_then_lengths():
+    trials = [_trial("b", "concat", 16, "none", 16, 0.1, 1, 1), _trial("a", "prepend", 112, "none", 112, 0.2, 1, 1),
+              _trial("c", "prepend", 16, "none", 16, 0.3, 1, 1)]
+    body = markdown_tables(trials).split("### Table 2")[0]
+    assert body.index("| prepend | 16 |") < body.index("| prepend | 112 |") < body.index("| concat | 16 |")
