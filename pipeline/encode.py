@@ -1,0 +1,249 @@
+"""Encode episode shards into latent shards: Ray Data read_parquet -> map_batches(encoder actor pool) -> shards.
+
+    python -m pipeline.encode --in data/maze --out data/maze-px --encoder identity          # laptop, local Ray
+    python -m pipeline.encode --in data/mc --out data/mc-sd3 --encoder vae --vae-path weights/sd3-vae \\
+        --workers 4 --gpus-per-worker 1 --address auto                                    # cluster, GPU actors
+    python -m pipeline.encode --in data/maze --out data/maze-px --backend local            # no Ray at all
+
+Output shard i is the encoding of input shard i (same file name, same rows in the same order) with `latents`
+(float16 (T, C, h, w)) instead of `frames` and an `encoder` JSON column. Shards are written from the driver with
+`pipeline.shards.write_shard(kind="latents")` (atomic) and listed in `<out>/manifest.json`; rerunning the same
+command skips shards already listed, so a killed run resumes. Ray's `write_parquet` is not used (it has dropped
+rows with mode="overwrite": ray #55043). Every input shard is validated on the driver before Ray reads it (Ray
+infers the schema from the first file only: ray #47960); a bad one is quarantined, named, and counted in the
+report (printed and saved as `<out>/encode_report.json`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.cli import field, parse_config, to_json
+from pipeline.encoders import ENCODER_NAMES, make_encoder
+from pipeline.schema import episodes_to_table, to_numpy
+from pipeline.shards import Manifest, check_config, quarantine, validate_shard, write_json_atomic, write_shard
+
+PASSTHROUGH = ("episode_id", "env", "agent", "seed", "episode_index", "fps", "env_config",
+               "actions", "poses", "scene", "revisit_gap")
+TENSORS = ("frames", "actions", "poses", "scene", "revisit_gap")
+REPORT = "encode_report.json"
+
+
+@dataclass
+class EncodeConfig:
+    in_dir: str = field("data/maze", "folder of episode shards (shard-*.parquet, from pipeline.collect); flag --in")
+    out_dir: str = field("data/maze-latents", "folder for the latent shards (same layout); flag --out")
+    encoder: str = field("identity", "identity: pixels in [-1,1]; vae: diffusers AutoencoderKL", choices=list(ENCODER_NAMES))
+    vae_path: str = field("", "local AutoencoderKL folder (config.json + weights) for --encoder vae")
+    backend: str = field("ray", "ray: Ray Data actor pool; local: this process only", choices=["ray", "local"])
+    workers: int = field(1, "encoder actors in the pool (each loads the model once)")
+    gpus_per_worker: float = field(0.0, "GPUs per encoder actor (0 = CPU)")
+    cpus_per_worker: float = field(0.5, "CPUs per encoder actor; keep it fractional so read tasks keep a CPU")
+    batch_size: int = field(4, "episodes per map_batches call")
+    address: str = field("", "Ray address: '' starts a local Ray, 'auto' joins a running cluster")
+    fail_after_episodes: int = field(0, "fault injection for tests: an encoder raises after this many episodes (0 = off)")
+
+    def __post_init__(self):
+        if self.encoder not in ENCODER_NAMES:
+            raise ValueError(f"encoder must be one of {ENCODER_NAMES}, got {self.encoder!r}")
+        if self.backend not in ("ray", "local"):
+            raise ValueError(f"backend must be 'ray' or 'local', got {self.backend!r}")
+        for name in ("workers", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if Path(self.in_dir).resolve() == Path(self.out_dir).resolve():
+            raise ValueError(f"--out must differ from --in ({self.in_dir})")
+
+    def data_config(self) -> dict:
+        """The fields that change the output bytes (saved as <out>/config.json)."""
+        return {"in_dir": str(Path(self.in_dir).resolve()), "encoder": self.encoder,
+                "vae_path": str(Path(self.vae_path).resolve()) if self.vae_path else ""}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The per-batch work (shared by the Ray actor and the local backend)
+
+def encode_batch(batch: dict, encoder) -> dict:
+    """A batch of episode rows (dict of numpy, frames (N,T,H,W,3)) -> the same rows with latents (N,T,C,h,w)."""
+    frames = batch["frames"]
+    n, t, h, w, _ = frames.shape
+    latents = encoder.encode(frames.reshape(n * t, h, w, 3))                       # (N*T, C, h', w')
+    out = {k: batch[k] for k in batch if k != "frames"}
+    out["latents"] = latents.reshape(n, t, *latents.shape[1:])
+    out["encoder"] = np.array([json.dumps(encoder.info((h, w)), sort_keys=True)] * n, dtype=object)
+    return out
+
+
+class EncodeActor:
+    """map_batches callable class: builds the encoder once per actor, then encodes batches."""
+
+    def __init__(self, encoder: str, vae_path: str, use_gpu: bool, fail_after_episodes: int = 0):
+        self.encoder = make_encoder(encoder, vae_path or None, "cuda" if use_gpu else "cpu")
+        self.fail_after = fail_after_episodes
+        self.seen = 0
+
+    def __call__(self, batch: dict) -> dict:
+        self.seen += len(batch["episode_id"])
+        if self.fail_after and self.seen > self.fail_after:
+            raise RuntimeError(f"injected failure after {self.fail_after} episodes (--fail-after-episodes)")
+        return encode_batch(batch, self.encoder)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver: validate, pick what is left, run, write shard by shard
+
+def _rows_of(path: Path, manifest: dict) -> int | None:
+    if path.name in manifest:
+        return manifest[path.name]["rows"]
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:
+        return None
+
+
+def plan(cfg: EncodeConfig, out: Manifest) -> tuple[list[Path], list[Path], list[dict]]:
+    """(todo, already done, quarantined) input shards; bad inputs are moved to <in>/quarantine/ here."""
+    in_dir = Path(cfg.in_dir)
+    files = sorted(in_dir.glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"--in {in_dir}: no shard-*.parquet files; collect first "
+                                f"(python -m pipeline.collect --out {in_dir})")
+    in_manifest = Manifest(in_dir).shards
+    todo, done, bad = [], [], []
+    for path in files:
+        if out.is_done(path.name):
+            done.append(path)
+            continue
+        reason = validate_shard(path, "frames", in_manifest.get(path.name, {}).get("sha256"))
+        if reason is None:
+            todo.append(path)
+        else:
+            rows = _rows_of(path, in_manifest)
+            dest = quarantine(path, reason)
+            print(f"[encode] QUARANTINED {path} -> {dest}: {reason}", flush=True)
+            bad.append({"shard": path.name, "moved_to": str(dest), "reason": reason, "rows": rows})
+    return todo, done, bad
+
+
+class ShardWriter:
+    """Collects encoded rows per input shard and writes the latent shard once all its rows are in."""
+
+    def __init__(self, todo: list[Path], out: Manifest):
+        self.out = out
+        self.order = {p.name: pq.read_table(p, columns=["episode_id"]).column(0).to_pylist() for p in todo}
+        self.pending: dict[str, dict[str, dict]] = {name: {} for name in self.order}
+        self.rows_written = self.frames_written = self.shards_written = 0
+        self.start = time.perf_counter()
+
+    def add(self, name: str, batch: dict) -> None:
+        rows = self.pending[name]
+        for i, eid in enumerate(batch["episode_id"]):
+            if eid in rows:
+                raise RuntimeError(f"{name}: episode {eid} came back twice from the encoder")
+            rows[str(eid)] = {k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items() if k != "path"}
+        if len(rows) == len(self.order[name]):
+            self._write(name)
+
+    def _write(self, name: str) -> None:
+        done = self.pending.pop(name)
+        rows = [done[eid] for eid in self.order[name]]
+        table = episodes_to_table(rows, "latents")
+        self.out.add(name, write_shard(table, self.out.folder / name, kind="latents"))
+        t = len(rows[0]["actions"])
+        self.rows_written += len(rows)
+        self.shards_written += 1
+        self.frames_written += len(rows) * t
+        rate = self.frames_written / max(time.perf_counter() - self.start, 1e-9)
+        print(f"[encode] {name}: {len(rows)} episodes, {len(rows) * t} frames; total {self.frames_written} frames, "
+              f"{rate:.0f} frames/s", flush=True)
+
+    def missing(self) -> dict[str, int]:
+        return {name: len(self.order[name]) - len(rows) for name, rows in self.pending.items()}
+
+
+def _run_local(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None:
+    actor = EncodeActor(cfg.encoder, cfg.vae_path, cfg.gpus_per_worker > 0, cfg.fail_after_episodes)
+    for path in todo:
+        table = pq.read_table(path)
+        for lo in range(0, table.num_rows, cfg.batch_size):
+            part = table.slice(lo, cfg.batch_size)
+            batch = {c: to_numpy(part, c) if c in TENSORS else np.array(part.column(c).to_pylist(), dtype=object)
+                     for c in ("frames",) + PASSTHROUGH}
+            writer.add(path.name, actor(batch))
+
+
+def _run_ray(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.address or None, include_dashboard=False, configure_logging=False)
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True        # shards finish in order: bounded driver memory, same bytes
+    ds = ray.data.read_parquet([str(p) for p in todo], include_paths=True)
+    ds = ds.map_batches(
+        EncodeActor, fn_constructor_kwargs=dict(encoder=cfg.encoder, vae_path=cfg.vae_path,
+                                                use_gpu=cfg.gpus_per_worker > 0,
+                                                fail_after_episodes=cfg.fail_after_episodes),
+        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.workers),
+        num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker or None)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        paths = np.array([Path(p).name for p in batch["path"]])
+        for name in dict.fromkeys(paths):                # one batch may span two input files
+            sel = paths == name
+            writer.add(name, {k: v[sel] for k, v in batch.items()})
+
+
+def run_encode(cfg: EncodeConfig) -> dict:
+    """Encode every input shard not yet in the out manifest; returns (and saves) the report."""
+    out_dir = Path(cfg.out_dir)
+    check_config(out_dir, cfg.data_config(), flag_hint="--out")
+    if cfg.encoder == "vae":
+        from pipeline.encoders import check_vae_folder
+        check_vae_folder(cfg.vae_path)                   # fail on the driver, before any actor starts
+    out = Manifest(out_dir)
+    todo, done, bad = plan(cfg, out)
+    report = {"in_dir": cfg.in_dir, "out_dir": cfg.out_dir, "encoder": cfg.encoder,
+              "shards_done_before": len(done), "rows_done_before": sum(out.shards[p.name]["rows"] for p in done),
+              "shards_todo": len(todo), "quarantined": bad,
+              "rows_quarantined": sum(b["rows"] or 0 for b in bad), "status": "running"}
+    writer = ShardWriter(todo, out)
+    try:
+        if todo:
+            (_run_local if cfg.backend == "local" else _run_ray)(cfg, todo, writer)
+        missing = {k: v for k, v in writer.missing().items() if v}
+        if missing:
+            raise RuntimeError(f"rows missing after encoding (per input shard): {missing}; rerun to retry them")
+        report["status"] = "ok"
+    except BaseException as e:
+        report["status"] = f"failed: {type(e).__name__}: {e}"[:2000]
+        raise
+    finally:
+        seconds = time.perf_counter() - writer.start
+        report.update(rows_encoded=writer.rows_written, frames_encoded=writer.frames_written,
+                      shards_encoded=writer.shards_written, seconds=round(seconds, 3),
+                      frames_per_sec=round(writer.frames_written / max(seconds, 1e-9), 1),
+                      rows_in_out_manifest=out.num_rows)
+        write_json_atomic(report, out_dir / REPORT)
+        print("[encode] report: " + json.dumps({k: v for k, v in report.items() if k != "quarantined"}), flush=True)
+        for b in bad:
+            print(f"[encode] quarantined {b['shard']} ({b['rows']} rows): {b['reason']}", flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    cfg, dry_run = parse_config(EncodeConfig, argv, description=__doc__)
+    print(to_json(cfg), flush=True)
+    if dry_run:
+        return None
+    return run_encode(cfg)
+
+
+if __name__ == "__main__":
+    main()

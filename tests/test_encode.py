@@ -1,0 +1,107 @@
+"""pipeline.encode: identity round trip, tiny real AutoencoderKL, resume after an injected failure, quarantine."""
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.encode import EncodeConfig, run_encode
+from pipeline.encoders import encoder_from_json, make_encoder
+from pipeline.schema import to_numpy
+from pipeline.shards import Manifest
+from pipeline.synthetic import write_synthetic_shards
+
+
+def _read_all(folder, column):
+    """episode_id -> array, over every shard in the folder's manifest."""
+    out = {}
+    for path in Manifest(folder).done_paths():
+        t = pq.read_table(path)
+        for eid, arr in zip(t.column("episode_id").to_pylist(), to_numpy(t, column)):
+            assert eid not in out, f"{eid} duplicated"
+            out[eid] = arr
+    return out
+
+
+@pytest.fixture()
+def tiny_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    import torch
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=1.5305, shift_factor=0.0609)
+    path = tmp_path / "vae"
+    vae.save_pretrained(path)
+    return path
+
+
+def test_identity_round_trip_exact_local(tmp_path):
+    write_synthetic_shards(tmp_path / "in", num_shards=2, episodes_per_shard=3, length=10, size=8)
+    report = run_encode(EncodeConfig(in_dir=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), backend="local"))
+    assert report["status"] == "ok" and report["rows_encoded"] == 6
+    frames, latents = _read_all(tmp_path / "in", "frames"), _read_all(tmp_path / "out", "latents")
+    assert frames.keys() == latents.keys()
+    enc = make_encoder("identity")
+    for eid in frames:
+        assert latents[eid].dtype == np.float16 and latents[eid].shape == (10, 3, 8, 8)
+        assert np.array_equal(enc.decode(latents[eid]), frames[eid])
+    # rerun = resume: nothing left to do, same bytes
+    before = (tmp_path / "out" / "shard-00000.parquet").read_bytes()
+    again = run_encode(EncodeConfig(in_dir=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), backend="local"))
+    assert again["shards_done_before"] == 2 and again["rows_encoded"] == 0
+    assert (tmp_path / "out" / "shard-00000.parquet").read_bytes() == before
+
+
+def test_vae_tiny_model_encode_decode(tmp_path, tiny_vae):
+    write_synthetic_shards(tmp_path / "in", num_shards=1, episodes_per_shard=2, length=4, size=16)
+    run_encode(EncodeConfig(in_dir=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), encoder="vae",
+                            vae_path=str(tiny_vae), backend="local"))
+    t = pq.read_table(tmp_path / "out" / "shard-00000.parquet")
+    info = json.loads(t.column("encoder")[0].as_py())
+    assert info["name"] == "vae" and info["scale"] == pytest.approx(1.5305) and info["shift"] == pytest.approx(0.0609)
+    assert info["latent_shape"] == [4, 8, 8]
+    z = to_numpy(t, "latents")
+    assert z.shape == (2, 4, 4, 8, 8) and z.dtype == np.float16 and np.isfinite(z).all()
+    frames = encoder_from_json(info).decode(z[0])
+    assert frames.shape == (4, 16, 16, 3) and frames.dtype == np.uint8
+
+
+def test_vae_missing_weights_says_where(tmp_path):
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
+        make_encoder("vae", str(tmp_path / "vae"))
+    with pytest.raises(FileNotFoundError, match="--vae-path"):
+        make_encoder("vae", None)
+
+
+@pytest.mark.timeout(180)
+def test_ray_resume_after_failure_and_quarantine(tmp_path, ray_cluster):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_synthetic_shards(src, num_shards=4, episodes_per_shard=2, length=6, size=8)
+    bad = src / "shard-00002.parquet"
+    bad.write_bytes(bad.read_bytes()[:-100])                       # truncated footer: unreadable
+    cfg = dict(in_dir=str(src), out_dir=str(out), workers=1, batch_size=1)
+    with pytest.raises(Exception, match="injected failure"):
+        run_encode(EncodeConfig(**cfg, fail_after_episodes=3))
+    failed = json.loads((out / "encode_report.json").read_text())
+    assert failed["status"].startswith("failed") and failed["quarantined"][0]["shard"] == "shard-00002.parquet"
+    assert (src / "quarantine" / "shard-00002.parquet").exists() and not bad.exists()
+    first = len(Manifest(out).shards)
+    assert first < 3
+    report = run_encode(EncodeConfig(**cfg))
+    assert report["status"] == "ok" and report["shards_done_before"] == first
+    assert sorted(Manifest(out).shards) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00003.parquet"]
+    frames, latents = _read_all(src, "frames"), _read_all(out, "latents")
+    assert sorted(latents) == sorted(frames) and len(latents) == 6      # no row lost or duplicated
+    for eid in frames:
+        assert np.array_equal(make_encoder("identity").decode(latents[eid]), frames[eid])
+    # same rows in the same order as the input shard
+    for name in Manifest(out).shards:
+        assert (pq.read_table(out / name, columns=["episode_id"]).column(0).to_pylist()
+                == pq.read_table(src / name, columns=["episode_id"]).column(0).to_pylist())
+    assert not any(p.name.startswith(".") for p in os.scandir(out))  # no temp files left
