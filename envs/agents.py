@@ -1,0 +1,300 @@
+"""Agents for grid mazes: TECO's BFS explorer and a revisit (loop-closure) agent.
+
+    agent = ExploreAgent(np.random.default_rng(0))
+    agent.reset(info, env_config)          # info from env.reset(): needs "layout" (rows of '*' / ' ') and "pose"
+    action = agent.act(obs, info)          # int action id (envs.maze.ACTION_NAMES)
+
+Both read only the reset layout and the pose (x east, y north in cells; yaw in degrees counter-clockwise from
+east), so any env that reports those (envs/maze.py; a DMLab adapter in cells) can use them. The revisit agent
+also needs info["scene"][0] (room label) and info["cell_room"] (room label of each open cell, -1 walls).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+LOOK_LEFT, LOOK_RIGHT, FORWARD, STRAFE_LEFT, STRAFE_RIGHT, BACK, NOOP = range(7)
+GAP_BINS = ((0, 16), (16, 48), (48, 112))  # paper Table 1 columns: frames since the scene was last seen
+
+
+class Navigator:
+    """BFS distance fields over the open cells of a layout, cached per target set, and a waypoint follower."""
+
+    def __init__(self, layout: np.ndarray, turn_degrees: float, step_length: float) -> None:
+        self.open = np.asarray(layout) != "*"
+        self.rows, self.cols = self.open.shape
+        self.turn = float(turn_degrees)
+        self.tolerance = 0.5 * self.turn + 1.0  # TECO: turn until within 10 deg (its turns are 16.9 deg)
+        self.step = float(step_length)
+        self._fields: dict[tuple, np.ndarray] = {}
+
+    def cell(self, pose: np.ndarray) -> tuple[int, int]:
+        """(row, col) of the text grid holding pose (x, y, ...)."""
+        return int(self.rows - pose[1]), int(pose[0])
+
+    def distances(self, targets: tuple) -> np.ndarray:
+        """(R,C) int32 BFS steps to the nearest cell of `targets` (tuple of (row, col)); -1 unreachable."""
+        field = self._fields.get(targets)
+        if field is None:
+            field = np.full(self.open.shape, -1, np.int32)
+            queue = deque(targets)
+            for t in targets:
+                field[t] = 0
+            while queue:
+                r, c = queue.popleft()
+                for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                    if self.open[rr, cc] and field[rr, cc] < 0:
+                        field[rr, cc] = field[r, c] + 1
+                        queue.append((rr, cc))
+            self._fields[targets] = field
+        return field
+
+    def next_cell(self, here: tuple[int, int], targets: tuple) -> tuple[int, int] | None:
+        field = self.distances(targets)
+        d = field[here]
+        if d <= 0:
+            return None
+        r, c = here
+        for n in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if field[n] == d - 1:
+                return n
+        return None
+
+    def face(self, pose: np.ndarray, x: float, y: float) -> int:
+        """Turn toward world point (x, y) until within tolerance, then move forward."""
+        want = math.degrees(math.atan2(y - pose[1], x - pose[0]))
+        diff = (want - float(pose[4]) + 180.0) % 360.0 - 180.0
+        if diff > self.tolerance:
+            return LOOK_LEFT
+        if diff < -self.tolerance:
+            return LOOK_RIGHT
+        return FORWARD
+
+    def toward(self, pose: np.ndarray, targets: tuple) -> int | None:
+        """Action that follows the BFS path to `targets`; None when standing in one of them."""
+        here = self.cell(pose)
+        nxt = self.next_cell(here, targets)
+        if nxt is None:
+            return None
+        r, c = here
+        # cross into the next cell along the line through both centres; steer back to it first if off it
+        off = abs(pose[0] - (c + 0.5)) if nxt[1] == c else abs(pose[1] - (self.rows - r - 0.5))
+        goal = nxt if off < 0.2 else here
+        return self.face(pose, goal[1] + 0.5, self.rows - goal[0] - 0.5)
+
+    def return_cost(self, pose: np.ndarray, targets: tuple) -> float:
+        """Rough frames needed to walk back into `targets`: forward steps plus turns to face each leg."""
+        here = self.cell(pose)
+        d = self.distances(targets)[here]
+        if d <= 0:
+            return 0.0
+        nxt = self.next_cell(here, targets)
+        want = math.degrees(math.atan2((self.rows - nxt[0] - 0.5) - pose[1], (nxt[1] + 0.5) - pose[0]))
+        diff = abs((want - float(pose[4]) + 180.0) % 360.0 - 180.0)
+        return diff / self.turn + (d - 0.5) / self.step
+
+
+class ExploreAgent:
+    """TECO's DMLab GoalAgent: look around first, then BFS to the farthest unvisited cell, turn to face the
+    next waypoint, move forward (wilson1yan/lab python/random_agent_traverse.py; TECO looks left for its first
+    30 actions of ~16.9 deg, i.e. ~1.4 turns: look_turns scales that to any turn angle)."""
+
+    marks_revisits = False
+
+    def __init__(self, rng: np.random.Generator, look_turns: float = 1.4) -> None:
+        if look_turns < 0:
+            raise ValueError(f"explore agent setting look_turns={look_turns}: must be >= 0 (full circles)")
+        self.rng = rng
+        self.look_turns = look_turns
+
+    def reset(self, info: dict, env_config: dict) -> None:
+        self.nav = Navigator(info["layout"], env_config["turn_degrees"], env_config["step_length"])
+        self.look_steps = int(round(self.look_turns * 360.0 / self.nav.turn))
+        self.t = 0
+        self.visited: set[tuple[int, int]] = set()
+        self.target: tuple | None = None
+        self.last_pose = None
+        self.last_forward = False
+        self.stuck = 0
+
+    def _pick_target(self, here: tuple[int, int]) -> tuple:
+        field = self.nav.distances((here,))
+        free = field >= 0
+        for cell in self.visited:
+            free[cell] = False
+        if not free.any():
+            self.visited = {here}
+            free = field > 0
+        best = np.argwhere(free & (field == field[free].max()))
+        r, c = best[int(self.rng.integers(len(best)))]
+        return ((int(r), int(c)),)
+
+    def act(self, obs: dict, info: dict) -> int:
+        pose = info["pose"]
+        self.t += 1
+        if self.t <= self.look_steps:
+            return LOOK_LEFT
+        here = self.nav.cell(pose)
+        self.visited.add(here)
+        if self.stuck >= 3:  # pushing into a corner: side-step once
+            self.stuck = 0
+            return int(self.rng.choice((STRAFE_LEFT, STRAFE_RIGHT, BACK)))
+        for _ in range(2):
+            if self.target is None or here in self.target[0:1]:
+                self.target = self._pick_target(here)
+            a = self.nav.toward(pose, self.target)
+            if a is not None:
+                break
+            self.target = None
+        else:
+            a = LOOK_LEFT
+        moved = self.last_pose is None or abs(pose[0] - self.last_pose[0]) + abs(pose[1] - self.last_pose[1]) > 1e-6
+        self.stuck = self.stuck + 1 if (a == FORWARD and self.last_forward and not moved) else 0
+        self.last_forward = a == FORWARD
+        self.last_pose = pose.copy()
+        return a
+
+
+def revisit_gaps(rooms: np.ndarray, ignore: tuple = ()) -> np.ndarray:
+    """(T,) room labels -> (T,) int32 revisit gaps (interfaces.md): for each frame of a visit to a room seen in an
+    earlier visit, t minus the last frame of that earlier visit; -1 elsewhere and for labels in `ignore` / < 0."""
+    rooms = np.asarray(rooms)
+    gaps = np.full(len(rooms), -1, np.int32)
+    last_seen: dict[int, int] = {}
+    anchor = -1  # last frame of the previous visit of the room in view now; -1 on a first visit
+    for t, r in enumerate(rooms.tolist()):
+        if r < 0 or r in ignore:
+            anchor = -1
+            continue
+        if t == 0 or rooms[t - 1] != r:  # a new visit starts
+            anchor = last_seen.get(r, -1)
+        if anchor >= 0:
+            gaps[t] = t - anchor
+        last_seen[r] = t
+    return gaps
+
+
+class RevisitAgent:
+    """Loop closure for memory tests (paper Sec. 5, Fig. 6): walk into a room, look around, leave it, come back
+    after a gap drawn from GAP_BINS (bins taken in shuffled rounds, so episodes cover all three), stay a few
+    frames, then leave the same room again or go to another. Gaps are closed-loop: the agent turns back when
+    (frames since the room was last in view) + (estimated frames to walk back) reaches the drawn gap.
+
+    `cycles` lists each planned return: room, bin, target gap, frame it came back and the realised gap."""
+
+    marks_revisits = True
+
+    def __init__(self, rng: np.random.Generator, look_frames: tuple[int, int] = (3, 10),
+                 stay_frames: tuple[int, int] = (2, 6), same_room_prob: float = 0.5) -> None:
+        for name, (lo, hi) in (("look_frames", look_frames), ("stay_frames", stay_frames)):
+            if not 0 <= lo <= hi:
+                raise ValueError(f"revisit agent setting {name}={(lo, hi)}: need 0 <= low <= high frames")
+        if not 0.0 <= same_room_prob <= 1.0:
+            raise ValueError(f"revisit agent setting same_room_prob={same_room_prob}: must be in [0, 1]")
+        self.rng = rng
+        self.look_frames, self.stay_frames = tuple(look_frames), tuple(stay_frames)
+        self.same_room_prob = same_room_prob
+
+    def reset(self, info: dict, env_config: dict) -> None:
+        self.nav = Navigator(info["layout"], env_config["turn_degrees"], env_config["step_length"])
+        cell_room = np.asarray(info["cell_room"])
+        self.corridor = int(info.get("corridor_room", -1))
+        labels = sorted(set(cell_room[cell_room >= 0].tolist()) - {self.corridor}) or [self.corridor]
+        self.cells = {r: tuple(map(tuple, np.argwhere(cell_room == r).tolist())) for r in labels}
+        self.centre = {}
+        for r, cells in self.cells.items():
+            mean = np.mean(cells, axis=0)
+            self.centre[r] = (min(cells, key=lambda c: (c[0] - mean[0]) ** 2 + (c[1] - mean[1]) ** 2),)
+        self.outside = tuple(map(tuple, np.argwhere(self.nav.open).tolist()))
+        self.t = -1
+        self.room: int | None = None
+        self.phase, self.count, self.turn_dir = "goto", 0, LOOK_LEFT
+        self.last_seen = -1
+        self.bin_queue: list[int] = []
+        self.cycles: list[dict] = []
+        self._new_room()
+
+    # ---- planning
+    def _new_room(self) -> None:
+        choices = [r for r in self.cells if r != self.room] or list(self.cells)
+        self.room = choices[int(self.rng.integers(len(choices)))]
+        self.phase, self.last_seen, self.absent = "goto", -1, False
+
+    def _start_leave(self) -> None:
+        if not self.bin_queue:
+            self.bin_queue = [int(b) for b in self.rng.permutation(len(GAP_BINS))]
+        b = self.bin_queue.pop()
+        lo, hi = GAP_BINS[b]
+        hi_target = max(lo + 1, hi - self.stay_frames[1] - 2)
+        self.cycle = {"room": self.room, "bin": b, "target_gap": int(self.rng.integers(lo + 1, hi_target + 1))}
+        self.phase = "leave"
+        self._new_destination()
+
+    def _new_destination(self) -> None:
+        field = self.nav.distances(self.cells[self.room])
+        far = [c for c in self.outside if field[c] >= 2] or [c for c in self.outside if field[c] >= 1]
+        self.dest = (far[int(self.rng.integers(len(far)))],)
+
+    # ---- acting
+    def act(self, obs: dict, info: dict) -> int:
+        self.t += 1
+        pose, label = info["pose"], int(info["scene"][0])
+        if label == self.room:
+            if self.absent and self.phase == "return":
+                self.cycle.update(back_at=self.t, gap=self.t - self.last_seen)
+                self.cycles.append(self.cycle)
+                self.phase, self.count = "stay", int(self.rng.integers(self.stay_frames[0], self.stay_frames[1] + 1))
+            self.last_seen, self.absent = self.t, False
+        elif self.last_seen >= 0:
+            self.absent = True
+        return getattr(self, "_" + self.phase)(pose)
+
+    def _goto(self, pose) -> int:
+        a = self.nav.toward(pose, self.centre[self.room])
+        if a is not None:
+            return a
+        self.phase = "look"
+        self.count = int(self.rng.integers(self.look_frames[0], self.look_frames[1] + 1))
+        self.turn_dir = LOOK_LEFT if self.rng.random() < 0.5 else LOOK_RIGHT
+        return self._look(pose)
+
+    def _look(self, pose) -> int:
+        if self.count > 0:
+            self.count -= 1
+            return self.turn_dir
+        self._start_leave()
+        return self._leave(pose)
+
+    def _leave(self, pose) -> int:
+        if self.absent:
+            elapsed = self.t - self.last_seen
+            if elapsed + self.nav.return_cost(pose, self.cells[self.room]) >= self.cycle["target_gap"]:
+                self.phase = "return"
+                return self._return(pose)
+        a = self.nav.toward(pose, self.dest)
+        if a is None:
+            self._new_destination()
+            a = self.nav.toward(pose, self.dest)
+        return LOOK_LEFT if a is None else a
+
+    def _return(self, pose) -> int:
+        a = self.nav.toward(pose, self.cells[self.room])
+        return self.turn_dir if a is None else a
+
+    def _stay(self, pose) -> int:
+        if self.count > 0:
+            self.count -= 1
+            a = self.nav.toward(pose, self.centre[self.room])
+            return self.turn_dir if a is None else a
+        if self.rng.random() < self.same_room_prob:
+            self._start_leave()
+            return self._leave(pose)
+        self._new_room()
+        return self._goto(pose)
+
+    def revisit_gaps(self, scene: np.ndarray) -> np.ndarray:
+        """(T,4) scene labels of the episode -> (T,) int32 gaps; corridors (one label, many places) ignored."""
+        return revisit_gaps(scene[:, 0], ignore=(self.corridor,) if len(self.cells) > 1 or
+                            self.corridor not in self.cells else ())

@@ -1,0 +1,80 @@
+"""Play one episode of an env with an agent and return the arrays of one shard row (pipeline/schema.py).
+
+    import numpy as np
+    from envs.rollout import rollout
+    ep = rollout("maze", {"size": 9}, "revisit", {}, length=300, rng=np.random.default_rng([0, 7]))
+    ep["frames"].shape   # (300, 64, 64, 3) uint8
+
+Everything random comes from `rng`: the env reset seed and the agent's generator are drawn from it, in that order.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from envs import ENV_NAMES, make_env
+
+# env name -> agent names rollout accepts. dmlab/minecraft agents live in envs/<env>.py as make_agent(name, rng,
+# **settings) (helper D); the maze's are in envs/agents.py.
+AGENTS: dict[str, tuple[str, ...]] = {"maze": ("explore", "revisit"), "dmlab": ("explore",),
+                                      "minecraft": ("explore",)}
+DEFAULT_FPS = 30.0  # TECO's DMLab data is recorded at 30 fps
+
+
+def make_agent(env_name: str, agent: str, rng: np.random.Generator, settings: dict):
+    """Build the agent `agent` for `env_name` (ValueError listing valid names)."""
+    if env_name not in AGENTS:
+        raise ValueError(f"unknown env {env_name!r}; valid envs: {', '.join(ENV_NAMES)}")
+    if agent not in AGENTS[env_name]:
+        raise ValueError(f"unknown agent {agent!r} for env {env_name!r}; valid agents: {', '.join(AGENTS[env_name])}")
+    if env_name == "maze":
+        from envs.agents import ExploreAgent, RevisitAgent
+
+        cls = {"explore": ExploreAgent, "revisit": RevisitAgent}[agent]
+        try:
+            return cls(rng, **settings)
+        except TypeError as e:
+            raise ValueError(f"agent {agent!r} settings {sorted(settings)}: {e}") from None
+    return importlib.import_module(f"envs.{env_name}").make_agent(agent, rng, **settings)
+
+
+def rollout(env_name: str, env_settings: dict, agent: str, agent_settings: dict, length: int,
+            rng: np.random.Generator) -> dict:
+    """One episode of `length` frames -> dict of frames (T,H,W,3) uint8, actions (T,) int64 (actions[t] is taken
+    after frame t), poses (T,5) float32, scene (T,4) int16, revisit_gap (T,) int32 (-1: not a revisit), fps,
+    env_config (resolved env settings)."""
+    if int(length) < 1:
+        raise ValueError(f"rollout length={length}: must be >= 1 frames")
+    env = make_env(env_name, **env_settings)
+    try:
+        env_seed = int(rng.integers(2**31 - 1))
+        agent_rng = np.random.default_rng(int(rng.integers(2**63 - 1)))
+        policy = make_agent(env_name, agent, agent_rng, dict(agent_settings))
+        obs, info = env.reset(seed=env_seed)
+        env_config = dict(getattr(env, "config", env_settings))
+        policy.reset(info, env_config)
+        T = int(length)
+        frames = np.empty((T,) + obs["rgb"].shape, np.uint8)
+        actions = np.empty(T, np.int64)
+        poses = np.empty((T, 5), np.float32)
+        scene = np.empty((T, 4), np.int16)
+        for t in range(T):
+            frames[t] = obs["rgb"]
+            poses[t] = info["pose"]
+            scene[t] = info["scene"]
+            actions[t] = policy.act(obs, info)
+            if t + 1 < T:
+                obs, _, terminated, truncated, info = env.step(int(actions[t]))
+                if terminated or truncated:
+                    raise RuntimeError(f"{env_name} episode ended after {t + 1} of {T} frames; "
+                                       f"raise the env's max_steps or shorten length")
+        if getattr(policy, "marks_revisits", False):
+            revisit_gap = policy.revisit_gaps(scene)
+        else:
+            revisit_gap = np.full(T, -1, np.int32)
+        fps = float(getattr(env, "metadata", {}).get("render_fps") or DEFAULT_FPS)
+    finally:
+        env.close()
+    return {"frames": frames, "actions": actions, "poses": poses, "scene": scene,
+            "revisit_gap": revisit_gap.astype(np.int32), "fps": fps, "env_config": env_config}
