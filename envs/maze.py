@@ -139,22 +139,28 @@ def _downsample(img: np.ndarray, size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _load_texture(kind: str, name: str, size: int) -> np.ndarray:
-    import imageio.v3 as iio
-
     style, key = name.split("/")
     a = _assets()
     paths = a.get_wall_texture_paths(style) if kind == "wall" else a.get_floor_texture_paths(style)
-    return _downsample(iio.imread(paths[key], mode="RGB"), size)
+    return _downsample(_read_rgb(paths[key]), size)
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    import warnings
+
+    import imageio.v3 as iio
+
+    with warnings.catch_warnings():  # some labmaze PNGs are palette images with byte transparency; RGB is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return iio.imread(path, mode="RGB")
 
 
 @functools.lru_cache(maxsize=None)
 def _sky(style: str, rows: int = 32, cols: int = 256) -> np.ndarray:
     """Cylindrical panorama (rows, cols, 3) float32 from the skybox sides, azimuth 0 at column 0."""
-    import imageio.v3 as iio
-
     box = _assets().get_sky_texture_paths(style)
     sides = [box.front, box.left, box.back, box.right]  # counter-clockwise = increasing azimuth
-    strips = [_downsample(iio.imread(p, mode="RGB"), cols // 4) for p in sides]  # (cols/4, cols/4, 3) each
+    strips = [_downsample(_read_rgb(p), cols // 4) for p in sides]  # (cols/4, cols/4, 3) each
     pano = np.concatenate(strips, axis=1)  # upper half of each side holds the sky above the horizon
     upper = pano[: pano.shape[0] // 2]
     ys = (np.arange(rows) * upper.shape[0]) // rows
@@ -194,9 +200,20 @@ def _style_textures(size: int) -> tuple[np.ndarray, np.ndarray]:
     wall_ids, floor_ids, tint = room_styles()
     walls = np.stack([_load_texture("wall", wall_texture_names()[i], size) for i in wall_ids])
     floors = np.stack([_load_texture("floor", floor_texture_names()[i], size) for i in floor_ids])
-    walls = np.clip(walls * tint[:, None, None], 0, 255).astype(np.float32)
-    floors = np.clip(floors * tint[:, None, None] * 0.9, 0, 255).astype(np.float32)
-    return np.ascontiguousarray(walls), np.ascontiguousarray(floors)
+    walls = walls * tint[:, None, None]
+    walls = np.stack([walls, walls * raycast.SIDE_SHADE], axis=1)  # (S,2,TS,TS,3): [:,1] shaded faces
+    floors = floors * tint[:, None, None] * 0.9
+    return _to_uint8(walls), _to_uint8(floors)
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=None)
+def _painting_textures() -> np.ndarray:
+    p = paintings()
+    return _to_uint8(np.stack([p, p * raycast.SIDE_SHADE], axis=1))  # (P,2,PS,PS,3)
 
 
 # ---------------------------------------------------------------- the env
@@ -214,7 +231,7 @@ class MazeEnv(gymnasium.Env):
             {"rgb": gymnasium.spaces.Box(0, 255, (s.height, s.width, 3), np.uint8)})
         self.action_space = gymnasium.spaces.Discrete(NUM_ACTIONS)
         self._wall_tex, self._floor_tex = _style_textures(s.texture_size)
-        self._paint_tex = paintings()
+        self._paint_tex = _painting_textures()
         self._wall_ids, self._floor_ids, _ = room_styles()
         self._min_paint = s.min_paint_pixels or max(4, s.height * s.width // 256)
         self._frame = np.zeros((s.height, s.width, 3), np.uint8)
@@ -262,7 +279,7 @@ class MazeEnv(gymnasium.Env):
         for k, i in enumerate(rng.choice(len(faces), n, replace=False)):
             r, c, face = faces[i]
             self.paint_at[r, c, face] = ids[k]
-        self.sky = _sky(SKY_STYLES[int(rng.integers(len(SKY_STYLES)))])
+        self.sky = _to_uint8(_sky(SKY_STYLES[int(rng.integers(len(SKY_STYLES)))]))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

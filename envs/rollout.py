@@ -15,8 +15,8 @@ import numpy as np
 
 from envs import ENV_NAMES, make_env
 
-# env name -> agent names rollout accepts. dmlab/minecraft agents live in envs/<env>.py as make_agent(name, rng,
-# **settings) (helper D); the maze's are in envs/agents.py.
+# env name -> agent names rollout accepts. The maze's agents are in envs/agents.py; the engines' (dmlab, minecraft)
+# in envs/engine_agents.py, whose rollout_engine() plays those episodes (imported only when asked for).
 AGENTS: dict[str, tuple[str, ...]] = {"maze": ("explore", "revisit"), "dmlab": ("explore",),
                                       "minecraft": ("explore",)}
 DEFAULT_FPS = 30.0  # TECO's DMLab data is recorded at 30 fps
@@ -28,15 +28,15 @@ def make_agent(env_name: str, agent: str, rng: np.random.Generator, settings: di
         raise ValueError(f"unknown env {env_name!r}; valid envs: {', '.join(ENV_NAMES)}")
     if agent not in AGENTS[env_name]:
         raise ValueError(f"unknown agent {agent!r} for env {env_name!r}; valid agents: {', '.join(AGENTS[env_name])}")
-    if env_name == "maze":
-        from envs.agents import ExploreAgent, RevisitAgent
+    if env_name != "maze":
+        return importlib.import_module("envs.engine_agents").make_agent(env_name, agent, rng, **settings)
+    from envs.agents import ExploreAgent, RevisitAgent
 
-        cls = {"explore": ExploreAgent, "revisit": RevisitAgent}[agent]
-        try:
-            return cls(rng, **settings)
-        except TypeError as e:
-            raise ValueError(f"agent {agent!r} settings {sorted(settings)}: {e}") from None
-    return importlib.import_module(f"envs.{env_name}").make_agent(agent, rng, **settings)
+    cls = {"explore": ExploreAgent, "revisit": RevisitAgent}[agent]
+    try:
+        return cls(rng, **settings)
+    except TypeError as e:
+        raise ValueError(f"agent {agent!r} settings {sorted(settings)}: {e}") from None
 
 
 def rollout(env_name: str, env_settings: dict, agent: str, agent_settings: dict, length: int,
@@ -46,6 +46,13 @@ def rollout(env_name: str, env_settings: dict, agent: str, agent_settings: dict,
     env_config (resolved env settings)."""
     if int(length) < 1:
         raise ValueError(f"rollout length={length}: must be >= 1 frames")
+    if env_name not in AGENTS:
+        raise ValueError(f"unknown env {env_name!r}; valid envs: {', '.join(ENV_NAMES)}")
+    if agent not in AGENTS[env_name]:
+        raise ValueError(f"unknown agent {agent!r} for env {env_name!r}; valid agents: {', '.join(AGENTS[env_name])}")
+    if env_name != "maze":  # real engines: their own episode loop (episode ends, engine errors)
+        engine = importlib.import_module("envs.engine_agents")
+        return engine.rollout_engine(env_name, env_settings, agent, agent_settings, length, rng)
     env = make_env(env_name, **env_settings)
     try:
         env_seed = int(rng.integers(2**31 - 1))
