@@ -214,11 +214,15 @@ class RevisitAgent:
         self.last_seen = -1
         self.bin_queue: list[int] = []
         self.cycles: list[dict] = []
-        self._new_room()
+        self.absent = False
 
     # ---- planning
-    def _new_room(self) -> None:
+    def _new_room(self, pose) -> None:
+        """Head for one of the two nearest rooms (other than the current one, when there is another)."""
+        field = self.nav.distances((self.nav.cell(pose),))
         choices = [r for r in self.cells if r != self.room] or list(self.cells)
+        choices.sort(key=lambda r: min(field[c] if field[c] >= 0 else 10**6 for c in self.cells[r]))
+        choices = choices[:2]
         self.room = choices[int(self.rng.integers(len(choices)))]
         self.phase, self.last_seen, self.absent = "goto", -1, False
 
@@ -234,13 +238,16 @@ class RevisitAgent:
 
     def _new_destination(self) -> None:
         field = self.nav.distances(self.cells[self.room])
-        far = [c for c in self.outside if field[c] >= 2] or [c for c in self.outside if field[c] >= 1]
+        far = [c for c in self.outside if field[c] >= 2] or [c for c in self.outside if field[c] >= 1] or [
+            self.centre[self.room][0]]  # a maze that is one room: nowhere to go, turn on the spot
         self.dest = (far[int(self.rng.integers(len(far)))],)
 
     # ---- acting
     def act(self, obs: dict, info: dict) -> int:
         self.t += 1
         pose, label = info["pose"], int(info["scene"][0])
+        if self.room is None:
+            self._new_room(pose)
         if label == self.room:
             if self.absent and self.phase == "return":
                 self.cycle.update(back_at=self.t, gap=self.t - self.last_seen)
@@ -291,7 +298,7 @@ class RevisitAgent:
         if self.rng.random() < self.same_room_prob:
             self._start_leave()
             return self._leave(pose)
-        self._new_room()
+        self._new_room(pose)
         return self._goto(pose)
 
     def revisit_gaps(self, scene: np.ndarray) -> np.ndarray:
