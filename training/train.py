@@ -1,0 +1,537 @@
+"""Train a memory-augmented video denoiser: one plain-torch loop, run by Ray Train or alone.
+
+    # laptop, no Ray (the plain pyarrow window stream):
+    python -m training.train --data-dir runs/demo/latents --out-dir runs/train --backend local --steps 200
+    # laptop, Ray Train on 2 CPU workers fed by Ray Data:
+    python -m training.train --data-dir runs/demo/latents --out-dir runs/train --num-workers 2
+    # cluster: GPUs, shared storage, an MLflow server on the head node
+    python -m training.train --address auto --use-gpu --num-workers 8 --preset paper --window 16 \
+        --data-dir /shared/data/dmlab-latents --out-dir /shared/runs --tracking-uri http://head:5000
+    python -m training.train --dry-run      # print the resolved config and exit
+
+Rerunning the same command resumes the same run (same --out-dir and --name; the name comes from the config,
+never from a clock): weights, EMA, optimizer, step, data position and the MLflow run id are in the checkpoint.
+Optimisation follows the paper, App. J: Adam (0.9, 0.999), no weight decay, grad-norm clip 1.0, v-prediction
+with fused-SNR weighting (training/diffusion.py). EMA of the weights; bf16 autocast on GPU.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.cli import field, parse_config, to_json
+from training import checkpoint as ckpt
+
+PRESETS = ["tiny", "small", "base", "paper"]
+MEMORY = ["none", "prepend", "concat", "cross_attn"]
+COMPRESSION = ["none", "joint", "modulated"]
+BACKENDS = ["ray", "local"]
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = field("runs/demo/latents", "folder of latent shards (pipeline.encode output)")
+    out_dir: str = field("runs/train", "output folder: run folders with checkpoints, mlflow.db, mlartifacts")
+    name: str = field("", "run name (folder and MLflow run); empty = derived from the model settings and seed")
+    # model (training/models ModelConfig); shape (channels, resolution) is read from the data
+    preset: str = field("tiny", "denoiser size preset", choices=PRESETS)
+    memory: str = field("prepend", "memory structure (paper Sec. 5, Fig. 5)", choices=MEMORY)
+    memory_length: int = field(16, "memory frames m before the current window (paper: 16, 48, 112)")
+    compression: str = field("none", "memory compression (paper App. G)", choices=COMPRESSION)
+    budget: int = field(16, "frames/tokens kept after compression (<= memory_length)")
+    window: int = field(16, "current window w in frames (paper: w = Delta = 16)")
+    num_actions: int = field(7, "number of discrete actions (maze: 7)")
+    num_timesteps: int = field(1000, "diffusion steps K")
+    schedule: str = field("sigmoid", "noise schedule", choices=["sigmoid", "cosine"])
+    # optimisation
+    batch_size: int = field(4, "clips per worker per step")
+    steps: int = field(1000, "optimizer steps in total (a rerun with more steps continues)")
+    lr: float = field(1e-4, "Adam learning rate (betas 0.9, 0.999; no weight decay: paper App. J)")
+    grad_clip: float = field(1.0, "max gradient norm (paper App. J)")
+    ema_decay: float = field(0.999, "EMA decay per step")
+    seed: int = field(0, "seed of weights, window sampling and diffusion noise")
+    log_every: int = field(10, "steps between progress lines and MLflow metrics")
+    checkpoint_every: int = field(100, "steps between checkpoints (and one at the end)")
+    num_to_keep: int = field(2, "checkpoints kept per run")
+    # where it runs
+    backend: str = field("ray", "ray: Ray Train TorchTrainer + Ray Data; local: this process, no Ray", choices=BACKENDS)
+    num_workers: int = field(1, "Ray Train workers (data-parallel)")
+    use_gpu: bool = field(False, "one GPU per worker (bf16 autocast)")
+    cpus_per_worker: float = field(0.5, "CPUs per Ray Train worker (< 1 leaves CPUs for Ray Data reads)")
+    address: str = field("", "Ray cluster address ('auto' = running cluster); empty = start a local one")
+    max_failures: int = field(2, "Ray Train restarts of the worker group from the last checkpoint")
+    tracking_uri: str = field("", "MLflow tracking URI; empty = sqlite:///<abs out-dir>/mlflow.db")
+    experiment: str = field("memvid", "MLflow experiment")
+    fail_at_step: int = field(-1, "TEST ONLY: kill the rank-0 worker once after this step (failure injection)")
+    nan_at_step: int = field(-1, "TEST ONLY: make the loss NaN at this step")
+
+    def __post_init__(self) -> None:
+        for name, valid in (("preset", PRESETS), ("memory", MEMORY), ("compression", COMPRESSION),
+                            ("backend", BACKENDS), ("schedule", ["sigmoid", "cosine"])):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {valid}")
+        if self.memory != "none" and self.memory_length < 1:
+            raise ValueError(f"--memory-length {self.memory_length}: expected >= 1 with --memory {self.memory}")
+        if self.compression != "none" and self.memory_length < self.budget:
+            raise ValueError(f"--memory-length {self.memory_length} is shorter than --budget {self.budget}; "
+                             f"expected --memory-length >= {self.budget} (or a smaller --budget)")
+        for name in ("window", "batch_size", "steps", "log_every", "checkpoint_every", "num_workers", "num_to_keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"--lr {self.lr}: expected > 0")
+        if not self.name:
+            self.name = (f"{self.preset}-{self.memory}-m{self.memory_length}-{self.compression}"
+                         + (f"-b{self.budget}" if self.compression != "none" else "") + f"-w{self.window}-s{self.seed}")
+        if "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"--name {self.name!r}: expected a plain folder name")
+
+    @property
+    def run_dir(self) -> Path:
+        """Ray Train's `<storage_path>/<name>`; the local backend keeps its checkpoints in `<run_dir>/local`."""
+        return Path(self.out_dir).expanduser().resolve() / self.name
+
+    def resolved_tracking_uri(self) -> str:
+        from training.tracking import check_tracking_uri, default_tracking_uri
+
+        return check_tracking_uri(self.tracking_uri) if self.tracking_uri else default_tracking_uri(self.out_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model, data shape
+
+
+def latent_shape(data_dir: str) -> tuple[int, int]:
+    """(channels, resolution) of the latents in a latent-shard folder; errors say which command to run first."""
+    import pyarrow.parquet as pq
+
+    from pipeline.shards import Manifest
+
+    folder = Path(data_dir)
+    paths = Manifest(folder).done_paths() if folder.is_dir() else []
+    if not paths:
+        raise FileNotFoundError(f"--data-dir {data_dir}: no finished latent shards (manifest.json); run "
+                                f"`python -m pipeline.encode --in <episodes> --out {data_dir}` first")
+    schema = pq.read_schema(paths[0])
+    if schema.get_field_index("latents") < 0:
+        raise ValueError(f"--data-dir {data_dir}: {paths[0].name} has no 'latents' column (an episode folder?); "
+                         f"encode it with `python -m pipeline.encode --in {data_dir} --out <latents>`")
+    _, c, h, w = schema.field("latents").type.shape  # (T,C,h,w)
+    if h != w:
+        raise ValueError(f"--data-dir {data_dir}: latents are {h}x{w}; the denoiser expects square frames")
+    return int(c), int(h)
+
+
+def model_config(cfg: TrainConfig, channels: int, resolution: int):
+    from training.models import ModelConfig
+
+    return ModelConfig(preset=cfg.preset, in_channels=channels, resolution=resolution, num_actions=cfg.num_actions,
+                       memory=cfg.memory, memory_length=cfg.memory_length, compression=cfg.compression,
+                       budget=cfg.budget, window=cfg.window)
+
+
+def window_spec(cfg: TrainConfig):
+    from pipeline.windows import WindowSpec
+
+    return WindowSpec(memory_length=cfg.memory_length, window=cfg.window, batch_size=cfg.batch_size, seed=cfg.seed)
+
+
+def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    """Noise generator of one step: derived from (seed, rank, step), so a resumed run draws the same noise."""
+    g = torch.Generator()  # on CPU: training_loss draws on the generator's device, so CPU and GPU runs match
+    g.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1))
+    return g
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data position: a global sample index g over the concatenated epochs of pipeline.windows' sample order.
+# Stored in the local stream's own state-dict shape ({"epoch": g // n, "index": g % n, ...}, world_size 1), so
+# a checkpoint of either backend resumes on the other. Batches are consecutive runs of B samples of that order,
+# crossing epoch ends, on both backends (Ray Data batches rows of a union of epochs the same way).
+
+
+def samples_per_epoch(cfg: TrainConfig) -> int:
+    from pipeline.windows import epoch_samples, index_shards
+
+    return len(epoch_samples(index_shards(cfg.data_dir), window_spec(cfg), 0))
+
+
+def position_dict(cfg: TrainConfig, g: int, n: int) -> dict:
+    return {"epoch": g // n, "index": g % n, "seed": cfg.seed, "rank": 0, "world_size": 1,
+            "batch_size": cfg.batch_size}
+
+
+def position_index(position: dict | None, n: int) -> int:
+    return 0 if not position else int(position["epoch"]) * n + int(position["index"])
+
+
+def _take(parts: list[dict], size: int) -> tuple[dict, list[dict]]:
+    """First `size` rows of a list of batches (dicts of tensors), and the rest."""
+    joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    rest = {k: v[size:] for k, v in joined.items()}
+    return {k: v[:size] for k, v in joined.items()}, ([rest] if len(rest["x"]) else [])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# where the loop runs: the same calls under Ray Train and alone
+
+
+class LocalSession:
+    """Rank 0 of 1, no Ray: the plain pyarrow window stream and checkpoints in `<run_dir>/local`."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, cfg: TrainConfig, data_start: int = 0):
+        self.cfg = cfg
+        self.ckpt_root = cfg.run_dir / "local"
+        self.device = torch.device("cuda" if cfg.use_gpu else "cpu")
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def resume_state(self) -> dict | None:
+        last = ckpt.latest_checkpoint(self.ckpt_root)
+        return None if last is None else {**ckpt.load_checkpoint(last), "_path": str(last)}
+
+    def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
+        from pipeline.windows import LocalWindowStream
+
+        n, B = samples_per_epoch(self.cfg), self.cfg.batch_size
+        g = position_index(position, n)
+        stream = LocalWindowStream(self.cfg.data_dir, window_spec(self.cfg))
+        stream.load_state_dict(position_dict(self.cfg, g, n))
+        parts: list[dict] = []
+        for part in stream:  # endless over epochs
+            parts.append(part)
+            while sum(len(p["x"]) for p in parts) >= B:
+                batch, parts = _take(parts, B)
+                g += B
+                yield batch, position_dict(self.cfg, g, n)
+
+    def report(self, metrics: dict, state: dict | None, step: int) -> str | None:
+        if state is None:
+            return None
+        folder = self.ckpt_root / ckpt.checkpoint_dir_name(step)
+        ckpt.save_checkpoint(state, folder)
+        ckpt.prune_checkpoints(self.ckpt_root, self.cfg.num_to_keep)
+        return str(folder)
+
+
+class RaySession:
+    """Inside a Ray Train worker: dataset shard, prepare_model (DDP, gloo on CPU), report/get_checkpoint.
+
+    The driver built the dataset from sample `data_start` on (the newest checkpoint's position when it
+    started). A worker group restarted by FailureConfig reads that dataset from its start again, so it skips
+    the batches its checkpoint has already trained on.
+    """
+
+    def __init__(self, cfg: TrainConfig, data_start: int = 0):
+        import ray.train
+        from ray.train.torch import get_device
+
+        self.cfg, self.data_start = cfg, data_start
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = get_device() if cfg.use_gpu else torch.device("cpu")
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        from ray.train.torch import prepare_model
+
+        return prepare_model(model)
+
+    def resume_state(self) -> dict | None:
+        import ray.train
+
+        found = ray.train.get_checkpoint()
+        if found is None:
+            return None
+        with found.as_directory() as folder:
+            return {**ckpt.load_checkpoint(folder), "_path": str(self.cfg.run_dir / Path(found.path).name)}
+
+    def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
+        import ray.train
+
+        from pipeline.windows import collate
+
+        n, per_step = samples_per_epoch(self.cfg), self.cfg.batch_size * self.world_size
+        done = position_index(position, n) - self.data_start
+        if done < 0 or done % per_step:
+            raise RuntimeError(f"checkpoint position {position} is not reachable from the dataset start "
+                               f"{self.data_start} in steps of {per_step} samples; rerun the command to rebuild it")
+        skip = done // per_step
+        shard = ray.train.get_dataset_shard("train")
+        for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.batch_size, collate_fn=collate,
+                                                           drop_last=True)):
+            if i >= skip:
+                yield batch, position_dict(self.cfg, self.data_start + (i + 1) * per_step, n)
+        raise RuntimeError(f"rank {self.rank}: the window dataset ran out after {i + 1} batches")
+
+    def report(self, metrics: dict, state: dict | None, step: int) -> str | None:
+        import ray.train
+
+        if state is None or self.rank != 0:
+            ray.train.report(metrics)
+            return None
+        name = ckpt.checkpoint_dir_name(step)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt.save_checkpoint(state, tmp)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+        return str(self.cfg.run_dir / name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_loop(config: dict) -> dict:
+    """Train per `config` (a TrainConfig as a dict) on this rank; returns the last metrics (rank 0 adds the
+    MLflow run id and checkpoint path). Under Ray Train it is `train_loop_per_worker`; alone it is called directly.
+    """
+    config = dict(config)
+    data_start = config.pop("_data_start", 0)  # set by the Ray launcher: first sample of its dataset
+    cfg = TrainConfig(**config)
+    session = (RaySession if cfg.backend == "ray" else LocalSession)(cfg, data_start)
+    rank, device = session.rank, session.device
+
+    # [1] model, EMA, optimizer: initial weights from the seed alone (fork_rng keeps the caller's RNG untouched)
+    from training.diffusion import Diffusion
+    from training.models import build_denoiser
+
+    channels, resolution = latent_shape(cfg.data_dir)
+    mcfg = model_config(cfg, channels, resolution)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_denoiser(mcfg)
+    ema = copy.deepcopy(net).requires_grad_(False).to(device)
+    model = session.prepare(net)
+    raw = model.module if hasattr(model, "module") else model  # DDP wraps it when world_size > 1
+    optimizer = torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)  # App. J
+    diffusion = Diffusion(num_timesteps=cfg.num_timesteps, schedule=cfg.schedule)
+
+    # [2] resume: the newest checkpoint of this run, if it was trained with the same settings
+    state, step, position, run_id, last_ckpt = session.resume_state(), 0, None, None, None
+    if state is not None:
+        last_ckpt = state["_path"]
+        ckpt.check_compatible(state["train_config"], dataclasses.asdict(cfg), last_ckpt)
+        raw.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, position, run_id = state["step"], state["data_position"], state["mlflow_run_id"]
+
+    # [3] MLflow on rank 0 only: the run id from the checkpoint, else a run of this name (rerun before the first
+    # checkpoint), else a new one
+    tracker = None
+    if rank == 0:
+        from training.tracking import start_or_resume_run
+
+        tracker = start_or_resume_run(cfg.resolved_tracking_uri(), cfg.experiment, cfg.name, run_id=run_id,
+                                      resume_by_name=True, tags={"stage": "train"})
+        tracker.log_config(dataclasses.asdict(cfg) | {"model": dataclasses.asdict(mcfg)})
+        tracker.set_tags({"checkpoint_dir": cfg.run_dir, "backend": cfg.backend, "num_workers": cfg.num_workers})
+        run_id = tracker.run_id
+        print(f"[train] {cfg.name}: step {step}/{cfg.steps} on {session.world_size} worker(s), device {device}; "
+              f"{'resumed from ' + last_ckpt if last_ckpt else 'fresh start'}; MLflow run {run_id}", flush=True)
+
+    def snapshot() -> dict:
+        return {"train_config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(mcfg),
+                "model": raw.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "data_position": position, "mlflow_run_id": run_id}
+
+    # [4] steps
+    metrics: dict[str, Any] = {"step": step}
+    frames_per_step = cfg.batch_size * cfg.window * session.world_size
+    t0, step0, losses = time.perf_counter(), step, []
+    batches = session.batches(position)
+    model.train()
+    while step < cfg.steps:
+        batch, next_position = next(batches)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        # any global draw inside the model (dropout) is reproducible too; fork_rng leaves the caller's RNG alone
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, _ = diffusion.training_loss(model, batch, step_generator(cfg.seed, rank, step, device))
+        if step + 1 == cfg.nan_at_step:
+            loss = loss * float("nan")
+        # one all-reduce: mean loss and "some rank saw a non-finite loss" (so every rank stops together)
+        flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()]).cpu()
+        if session.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(flags)
+            flags[0] /= session.world_size
+        if flags[1] > 0:
+            metrics = {"step": step, "nan_step": step + 1, "last_checkpoint": last_ckpt}
+            if tracker:
+                tracker.set_tags({"stopped": f"non-finite loss at step {step + 1}"})
+                tracker.end("FAILED")
+            session.report(metrics, None, step)
+            return metrics
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)  # App. J
+        optimizer.step()
+        ema_update(ema, raw, cfg.ema_decay)
+        step, position = step + 1, next_position
+        losses.append(float(flags[0]))
+
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            elapsed = time.perf_counter() - t0
+            rate = (step - step0) * frames_per_step / elapsed
+            eta = (cfg.steps - step) * frames_per_step / max(rate, 1e-9)
+            metrics = {"step": step, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm),
+                       "frames_per_sec": rate}
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
+            print(f"[train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} frames/s {rate:.1f} "
+                  f"eta {eta / 60:.1f} min{_memory_note(device)}", flush=True)
+            losses = []
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            saved = session.report({**metrics, "step": step, "mlflow_run_id": run_id},
+                                   snapshot() if rank == 0 else None, step)
+            last_ckpt = saved or last_ckpt
+        if step == cfg.fail_at_step:
+            _inject_failure(cfg, step)
+
+    metrics = {**metrics, "step": step, "last_checkpoint": last_ckpt, "mlflow_run_id": run_id}
+    if tracker:
+        tracker.log_text(json.dumps({"checkpoint_dir": str(cfg.run_dir), "last_checkpoint": last_ckpt}, indent=2),
+                         "checkpoints.json")
+        tracker.end("FINISHED")
+    if step == step0 and cfg.backend == "ray":  # nothing left to do: report once so the run has final metrics
+        session.report({"step": step, "last_checkpoint": last_ckpt, "mlflow_run_id": run_id}, None, step)
+    return metrics
+
+
+def _memory_note(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f" gpu_mem {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    try:
+        import resource
+
+        return f" rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    except ImportError:
+        return ""
+
+
+def _inject_failure(cfg: TrainConfig, step: int) -> None:
+    """TEST ONLY (--fail-at-step): die once, as a killed worker would; a marker file makes the retry go on."""
+    marker = cfg.run_dir / f".failure_injected_{step}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("injected\n")
+    if cfg.backend == "ray":
+        print(f"[train] injected failure: worker exits at step {step}", flush=True)
+        os._exit(1)
+    raise RuntimeError(f"injected failure at step {step} (--fail-at-step)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# launcher
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train (resuming if this run has checkpoints); returns {"checkpoint", "mlflow_run_id", "metrics"}.
+
+    Raises FloatingPointError naming the step and the last good checkpoint when the loss turns non-finite,
+    ValueError naming the field when the run's checkpoint was trained with other settings.
+    """
+    latent_shape(cfg.data_dir)  # fail early, before Ray starts, on a missing or wrong data folder
+    if cfg.backend == "local" and cfg.num_workers != 1:
+        raise ValueError(f"--num-workers {cfg.num_workers} needs --backend ray (the local backend is one process)")
+    last = ckpt.latest_checkpoint(cfg.run_dir / "local" if cfg.backend == "local" else cfg.run_dir)
+    state = ckpt.load_checkpoint(last) if last else None
+    if state is not None:
+        ckpt.check_compatible(state["train_config"], dataclasses.asdict(cfg), str(last))
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.asdict(cfg)
+    metrics = train_loop(config) if cfg.backend == "local" else _fit_with_ray(cfg, config, state)
+    if "nan_step" in metrics:
+        raise FloatingPointError(f"loss became non-finite at step {metrics['nan_step']} of run {cfg.name}; "
+                                 f"last good checkpoint: {metrics.get('last_checkpoint') or 'none (no step saved)'}")
+    path = metrics.get("last_checkpoint")
+    return {"checkpoint": str(Path(path) / ckpt.CKPT_FILE) if path else None,
+            "mlflow_run_id": metrics.get("mlflow_run_id"), "metrics": metrics}
+
+
+def window_dataset_from(cfg: TrainConfig, start: int, num_samples: int):
+    """Ray Data rows of samples start .. start+num_samples (at least) of the global order: a union of epochs."""
+    from pipeline.windows import ray_window_dataset
+
+    n, parts, g = samples_per_epoch(cfg), [], start
+    while g < start + num_samples or not parts:
+        epoch, index = divmod(g, n)
+        parts.append(ray_window_dataset(cfg.data_dir, window_spec(cfg), epoch=epoch, start=index))
+        g += n - index
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _fit_with_ray(cfg: TrainConfig, config: dict, state: dict | None) -> dict:
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.address or None, include_dashboard=False, configure_logging=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    # The dataset starts where the newest checkpoint stopped; Ray Train resumes that checkpoint because the
+    # RunConfig (name, storage_path) is the same (Train V2: no resume_from_checkpoint).
+    step = state["step"] if state else 0
+    start = position_index(state["data_position"] if state else None, samples_per_epoch(cfg))
+    per_step = cfg.batch_size * cfg.num_workers
+    dataset = window_dataset_from(cfg, start, (max(cfg.steps - step, 0) + 1) * per_step)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # one worker sees the local stream's order, so both backends give the same losses
+    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=config | {"_data_start": start},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        datasets={"train": dataset}, dataset_config=DataConfig(execution_options=ingest),
+        run_config=RunConfig(name=cfg.name, storage_path=str(Path(cfg.out_dir).expanduser().resolve()),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep)))
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if result.checkpoint is not None and "nan_step" not in metrics:
+        metrics["last_checkpoint"] = str(cfg.run_dir / Path(result.checkpoint.path).name)
+        if not metrics.get("mlflow_run_id"):
+            metrics["mlflow_run_id"] = ckpt.load_checkpoint(result.checkpoint.path)["mlflow_run_id"]
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, dry_run = parse_config(TrainConfig, argv, description=__doc__)
+    print(to_json(cfg), flush=True)
+    if dry_run:
+        return
+    try:
+        out = run_training(cfg)
+    except FloatingPointError as e:
+        sys.exit(f"training stopped: {e}")
+    print(f"[train] done: checkpoint {out['checkpoint']}; MLflow run {out['mlflow_run_id']} in "
+          f"{cfg.resolved_tracking_uri()} (mlflow ui --backend-store-uri {cfg.resolved_tracking_uri()})")
+
+
+if __name__ == "__main__":
+    main()
