@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import importlib
 
+import gymnasium
+
 ENV_NAMES = ("maze", "dmlab", "minecraft")
+
+# gymnasium.make("memvid/Maze-v0", **settings) works once `envs` is imported (registration is a dict entry;
+# envs/maze.py itself, with numba and labmaze, loads only when the env is built)
+if "memvid/Maze-v0" not in gymnasium.registry:
+    gymnasium.register(id="memvid/Maze-v0", entry_point="envs.maze:MazeEnv")
 
 
 def make_env(name: str, **settings):

@@ -41,7 +41,7 @@ NUM_ROOM_STYLES = 16
 NUM_PAINTINGS = 16
 PAINT_TEXELS = 8
 SKY_STYLES = ("sky_01", "sky_02", "sky_03")
-GYM_ID = "memvid/Maze-v0"
+GYM_ID = "memvid/Maze-v0"  # registered in envs/__init__.py
 
 
 @dataclass
@@ -356,7 +356,3 @@ class MazeEnv(gymnasium.Env):
 
     def render(self):
         return self._frame
-
-
-if GYM_ID not in gymnasium.registry:
-    gymnasium.register(id=GYM_ID, entry_point="envs.maze:MazeEnv")
