@@ -165,17 +165,6 @@ def make_agent(env_name: str, agent: str, rng: np.random.Generator, **settings):
     return MazeGoalAgent(rng, **settings) if env_name == "dmlab" else MinecraftExplorer(rng, **settings)
 
 
-def make_engine_env(env_name: str, **settings):
-    """Build the dmlab or minecraft adapter (imports its module only now)."""
-    if env_name == "dmlab":
-        from envs.dmlab import make
-    elif env_name == "minecraft":
-        from envs.minecraft import make
-    else:
-        raise ValueError(f"engine env must be one of {', '.join(AGENTS)}, got {env_name!r}")
-    return make(**settings)
-
-
 def rollout_engine(env_name: str, env_settings: dict, agent: str, agent_settings: dict, length: int,
                    rng: np.random.Generator) -> dict:
     """One recorded episode of `length` frames; same keys as envs.rollout.rollout. Raises EpisodeEnded when the
@@ -186,7 +175,9 @@ def rollout_engine(env_name: str, env_settings: dict, agent: str, agent_settings
     skip = int(agent_settings.pop("skip_steps", DEFAULT_SKIP_STEPS.get(env_name, 0)))
     env_seed = int(rng.integers(2**31 - 1))
     policy = make_agent(env_name, agent, np.random.default_rng(int(rng.integers(2**63 - 1))), **agent_settings)
-    env = make_engine_env(env_name, **env_settings)
+    from envs import make_env  # imports envs/<env_name>.py only now
+
+    env = make_env(env_name, **env_settings)
     try:
         obs, info = env.reset(seed=env_seed)
         policy.reset(obs, info)

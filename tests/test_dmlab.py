@@ -3,6 +3,7 @@
 The double (tests/fake_deepmind_lab.py) follows python/dmlab_module.c; the first tests pin that contract so the
 adapter is tested against the real module's behaviour. One test runs the real deepmind_lab when it imports.
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import tests.fake_deepmind_lab as fake_lab
 from envs.dmlab import DMLabEnv, import_lab
 from envs.engine_agents import EpisodeEnded, MazeGoalAgent, parse_layout, rollout_engine
 from envs.engine_errors import EngineCrash, EngineMissing
+from pipeline.shards import read_shard
 
 FAKE = "tests.fake_deepmind_lab"
 OBS = ["RGB_INTERLEAVED", "DEBUG.POS.TRANS", "DEBUG.POS.ROT", "DEBUG.MAZE.LAYOUT"]
@@ -186,3 +188,32 @@ def test_real_deepmind_lab_when_installed():
         obs, _, term, _, info = env.step(a)
         assert not term and info["pose"].shape == (5,)
     env.close()
+
+
+# --- end to end: pipeline.collect on Ray with the double as the engine -----------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_collect_dmlab_with_a_crash_end_to_end(tmp_path, monkeypatch):
+    """The double (by file path, so Ray workers import it whatever their sys.path) crashes once mid-episode:
+    collect drops the partial episode, retries on a fresh env, logs the failure, and writes valid shards."""
+    from pipeline.collect import FAILURES, CollectConfig, run_collect
+    from pipeline.inspect import inspect_dir
+
+    monkeypatch.setenv("MEMVID_DMLAB_MODULE", str(Path(fake_lab.__file__).resolve()))
+    monkeypatch.setenv("FAKE_DMLAB_CRASHATSTEP", "13")  # inside the recorded part (10 skipped steps first)
+    monkeypatch.setenv("FAKE_DMLAB_CRASHFILE", str(tmp_path / "crashed-once"))
+    out = tmp_path / "data"
+    cfg = CollectConfig(env="dmlab", episodes=3, length=10, resolution=16, episodes_per_shard=2, workers=2,
+                        out=str(out), max_retries=1)
+    summary = run_collect(cfg)
+    assert summary["written"] == 2 and summary["failed"] == [] and summary["failures_logged"] == 1
+    failure = json.loads((out / FAILURES).read_text().splitlines()[0])
+    assert "EngineCrash" in failure["error"] and "Failed to advance environment" in failure["error"]
+    report = inspect_dir(out, preview=False)
+    assert report["quarantined"] == [] and report["episodes"] == 3 and report["envs"] == {"dmlab": 3}
+    table = read_shard(out / "shard-00000.parquet")
+    config = json.loads(table.column("env_config")[0].as_py())
+    assert config["lab_module"] == "fake_deepmind_lab" and config["num_steps"] == 4
+    assert run_collect(cfg)["skipped"] == 2  # rerun: nothing left to do
