@@ -175,3 +175,16 @@ def test_bad_action_and_env_name():
     with pytest.raises(ValueError, match="maze"):
         make_env("doom")
     assert ENV_NAMES == ("maze", "dmlab", "minecraft")
+
+
+def test_random_walk_keeps_the_radius_from_walls():
+    frames, scenes, poses, env = run_actions(2, np.random.default_rng(1).integers(0, NUM_ACTIONS, 400),
+                                             height=8, width=8, turn_degrees=30.0)
+    walls, rows, radius = env.walls, env.walls.shape[0], env.settings.agent_radius
+    u, v = poses[:, 0], rows - poses[:, 1]
+    assert np.abs(np.diff(poses[:, :2], axis=0)).max() <= env.settings.step_length + 1e-6
+    assert len(np.unique(np.floor(poses[:, :2]), axis=0)) > 3  # it did move around
+    for r, c in np.argwhere(walls):  # distance from each pose to each wall cell's square
+        du = np.maximum(np.maximum(c - u, u - (c + 1)), 0)
+        dv = np.maximum(np.maximum(r - v, v - (r + 1)), 0)
+        assert (np.hypot(du, dv) >= radius - 1e-5).all()
