@@ -180,24 +180,36 @@ def _run_local(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None
 
 def _run_ray(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None:
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     if not ray.is_initialized():
         ray.init(address=cfg.address or None, include_dashboard=False, configure_logging=False)
-    ctx = DataContext.get_current()
-    ctx.execution_options.preserve_order = True        # shards finish in order: bounded driver memory, same bytes
-    ds = ray.data.read_parquet([str(p) for p in todo], include_paths=True)
-    ds = ds.map_batches(
-        EncodeActor, fn_constructor_kwargs=dict(encoder=cfg.encoder, vae_path=cfg.vae_path,
-                                                use_gpu=cfg.gpus_per_worker > 0,
-                                                fail_after_episodes=cfg.fail_after_episodes),
-        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.workers),
-        num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker or None)
+    # Ordered output: shards finish one after another (bounded driver memory). The Dataset keeps a copy of the
+    # DataContext it was built under, so the caller's context is restored right after.
+    options = DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        ds = _encode_dataset(cfg, todo)
+    finally:
+        options.preserve_order = before
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         paths = np.array([Path(p).name for p in batch["path"]])
         for name in dict.fromkeys(paths):                # one batch may span two input files
             sel = paths == name
             writer.add(name, {k: v[sel] for k, v in batch.items()})
+
+
+def _encode_dataset(cfg: EncodeConfig, todo: list[Path]):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    ds = ray.data.read_parquet([str(p) for p in todo], include_paths=True)
+    return ds.map_batches(
+        EncodeActor, fn_constructor_kwargs=dict(encoder=cfg.encoder, vae_path=cfg.vae_path,
+                                                use_gpu=cfg.gpus_per_worker > 0,
+                                                fail_after_episodes=cfg.fail_after_episodes),
+        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.workers),
+        num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker or None)
 
 
 def run_encode(cfg: EncodeConfig) -> dict:

@@ -253,7 +253,12 @@ def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, s
     if not len(samples):
         raise ValueError(f"{data_dir}: no samples left in epoch {epoch} from start={start} (window={spec.window})")
     bounds = _chunks(samples, max_chunk)
-    DataContext.get_current().execution_options.preserve_order = True
-    return ray.data.range(len(bounds) - 1, override_num_blocks=min(len(bounds) - 1, 64)).map_batches(
-        _window_chunks, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
-        fn_kwargs=dict(shards=shards, samples=samples, bounds=bounds, spec=spec))
+    # A Dataset keeps a copy of the DataContext it was built under: order it without changing the caller's context.
+    options = DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        return ray.data.range(len(bounds) - 1, override_num_blocks=min(len(bounds) - 1, 64)).map_batches(
+            _window_chunks, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
+            fn_kwargs=dict(shards=shards, samples=samples, bounds=bounds, spec=spec))
+    finally:
+        options.preserve_order = before

@@ -56,6 +56,19 @@ def test_identity_round_trip_exact_local(tmp_path):
     assert (tmp_path / "out" / "shard-00000.parquet").read_bytes() == before
 
 
+def test_local_resume_after_injected_failure(tmp_path):
+    write_synthetic_shards(tmp_path / "in", num_shards=3, episodes_per_shard=2, length=5, size=8)
+    cfg = dict(in_dir=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), backend="local", batch_size=1)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_encode(EncodeConfig(**cfg, fail_after_episodes=3))        # fails in shard 1, after shard 0 is written
+    assert sorted(Manifest(tmp_path / "out").shards) == ["shard-00000.parquet"]
+    report = run_encode(EncodeConfig(**cfg))
+    assert report["shards_done_before"] == 1 and report["rows_encoded"] == 4
+    assert sorted(_read_all(tmp_path / "out", "latents")) == sorted(_read_all(tmp_path / "in", "frames"))
+    with pytest.raises(ValueError, match="encoder: folder has 'identity'"):
+        run_encode(EncodeConfig(**{**cfg, "encoder": "vae", "vae_path": str(tmp_path)}))
+
+
 def test_vae_tiny_model_encode_decode(tmp_path, tiny_vae):
     write_synthetic_shards(tmp_path / "in", num_shards=1, episodes_per_shard=2, length=4, size=16)
     run_encode(EncodeConfig(in_dir=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), encoder="vae",
