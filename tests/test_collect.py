@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from envs.rollout import rollout
-from pipeline.collect import CollectConfig, main, render_episode, run_collect
+from pipeline.collect import CollectConfig, main, render_shard, run_collect
 from pipeline.schema import to_numpy
 from pipeline.shards import Manifest, read_shard
 
@@ -146,3 +146,12 @@ def test_cli_joins_the_running_cluster(clean, ray_cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout[proc.stdout.index('{\n  "out"'):])["written"] == 3
     assert shard_bytes(tmp_path) == blobs
+
+
+def test_missing_engine_is_fatal_not_retried(tmp_path):
+    # dmlab goes through the same worker function; without deepmind_lab its adapter raises EngineMissing
+    # (an ImportError): no retries, no shard, the message carries the install steps.
+    res = render_shard(tiny(tmp_path, env="dmlab", max_retries=3), 0)
+    assert res["entry"] is None and res["failures"] == []
+    assert res["fatal"].startswith("EngineMissing") and "deepmind_lab" in res["fatal"]
+    assert not list(tmp_path.iterdir())

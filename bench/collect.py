@@ -1,0 +1,129 @@
+"""Collection speed and shard size: render-only and render+write frames/s per core, zstd levels, Ray scaling.
+
+    flock /tmp/ray.lock .venv/bin/python bench/collect.py                       # 64x64, 300-frame episodes
+    flock /tmp/ray.lock .venv/bin/python bench/collect.py --episodes 8 --no-ray # quick, no Ray
+
+Per-core figures are from one process; each is given per wall second and per CPU second of that process
+(the second is robust to other load on the machine). The load average is printed beside them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from pipeline import shards  # noqa: E402
+from pipeline.cli import field, parse_config  # noqa: E402
+from pipeline.collect import CollectConfig, render_episode, run_collect  # noqa: E402
+from pipeline.schema import episodes_to_table  # noqa: E402
+
+
+@dataclass
+class BenchConfig:
+    resolution: int = field(64, "frame size in pixels")
+    length: int = field(300, "frames per episode")
+    episodes: int = field(20, "episodes timed per single-process measurement")
+    agent: str = field("explore", "maze agent")
+    levels: list[int] = field([1, 3, 9], "zstd levels to compare")
+    repeat: int = field(3, "repetitions per measurement; the best is reported")
+    ray: bool = field(True, "also time run_collect with 1 and 2 workers")
+    ray_episodes: int = field(40, "episodes per Ray run")
+
+
+def timed(fn, repeat: int = 1):
+    """(result, best wall s, best CPU s of this process) over `repeat` calls (min: least disturbed by load)."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return out, min(walls), min(cpus)
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def main(argv: list[str] | None = None) -> int:
+    b, _ = parse_config(BenchConfig, argv, description=__doc__)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-collect-"))
+    cfg = CollectConfig(episodes=b.episodes, length=b.length, resolution=b.resolution, agent=b.agent,
+                        episodes_per_shard=b.episodes, out=str(tmp / "single"))
+    print(f"maze {b.resolution}x{b.resolution}, {b.length} frames/episode, agent {b.agent}; {os.cpu_count()} cores; {load()}")
+    for i in range(3):  # warm-up: numba cache load, textures and room styles loaded on first use, pyarrow init
+        episodes_to_table([render_episode(cfg, 10_000 + i)])
+    fresh = iter(range(100_000, 10**9, b.episodes))  # new episode indices for every repetition
+
+    # [1] render only: rollout -> shard row
+    rows, wall, cpu = timed(lambda: [render_episode(cfg, next(fresh) + i) for i in range(b.episodes)], b.repeat)
+    n = b.episodes * b.length
+    print(f"render only       {n / wall:9,.0f} frames/s (wall)  {n / cpu:9,.0f} frames/CPU-s   ({n} frames)")
+
+    # [2] render + table + write (what one collect task does per shard)
+    def render_write():
+        rs, rwall, rcpu = timed(lambda: [render_episode(cfg, next(fresh) + i) for i in range(b.episodes)])
+        table, _, tcpu = timed(lambda: episodes_to_table(rs))
+        entry, _, wcpu = timed(lambda: shards.write_shard(table, tmp / "rw.parquet"))
+        return entry, (rcpu, tcpu, wcpu)
+    (entry, parts), wall, cpu = timed(render_write, b.repeat)
+    print(f"render + write    {n / wall:9,.0f} frames/s (wall)  {n / cpu:9,.0f} frames/CPU-s   "
+          f"(CPU-s: render {parts[0]:.2f}, table {parts[1]:.2f}, write {parts[2]:.2f}; "
+          f"zstd {shards.ZSTD_LEVEL}: {entry['bytes'] / n:,.0f} B/frame on disk, raw {b.resolution ** 2 * 3:,})")
+
+    # [3] zstd levels on the same table (write = write_shard: encode, compress, footer check, sha256)
+    table = episodes_to_table(rows)
+    raw = table.nbytes
+    print(f"zstd levels on {b.episodes} episodes (Arrow in memory {raw / 2**20:.1f} MiB):")
+    for level in b.levels:
+        p = tmp / f"z{level}.parquet"
+        entry, _, wcpu = timed(lambda: shards.write_shard(table, p, zstd_level=level), b.repeat)
+        _, _, rcpu = timed(lambda: pq.read_table(p), b.repeat)
+        print(f"  level {level}: {entry['bytes'] / 2**20:7.2f} MiB  ratio {raw / entry['bytes']:5.2f}x  "
+              f"{entry['bytes'] / n:7,.0f} B/frame  write {wcpu:5.2f} CPU-s ({n / wcpu:7,.0f} frames/CPU-s)  "
+              f"read {rcpu:5.2f} CPU-s")
+    # Not the contract, for comparison: frames as one binary blob per episode instead of a tensor column
+    # (Parquet stores a fixed_shape_tensor as a LIST of int32-widened bytes with levels per byte).
+    blob = table.set_column(table.schema.get_field_index("frames"), "frames",
+                            pa.array([r["frames"].tobytes() for r in rows], pa.large_binary()))
+    for level in b.levels:
+        p = tmp / f"blob{level}.parquet"
+        _, _, wcpu = timed(lambda: pq.write_table(blob, p, compression="zstd", compression_level=level,
+                                                  row_group_size=blob.num_rows), b.repeat)
+        _, _, rcpu = timed(lambda: pq.read_table(p), b.repeat)
+        size = p.stat().st_size
+        print(f"  [blob] {level}: {size / 2**20:7.2f} MiB  ratio {raw / size:5.2f}x  {size / n:7,.0f} B/frame  "
+              f"write {wcpu:5.2f} CPU-s ({n / wcpu:7,.0f} frames/CPU-s)  read {rcpu:5.2f} CPU-s")
+
+    # [4] Ray scaling 1 -> 2 workers (after a warm-up run that starts the worker processes)
+    if b.ray:
+        import ray
+
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            def run(workers: int, name: str, episodes: int) -> dict:
+                c = CollectConfig(episodes=episodes, length=b.length, resolution=b.resolution, agent=b.agent,
+                                  episodes_per_shard=2, workers=workers, out=str(tmp / name))
+                return run_collect(c)
+            run(2, "warm", 4)
+            fps = {}
+            for workers in (1, 2):
+                s = run(workers, f"ray{workers}", b.ray_episodes)
+                fps[workers] = s["frames"] / s["seconds"]
+                print(f"ray {workers} worker(s): {s['frames']} frames in {s['seconds']:.2f} s = {fps[workers]:,.0f} frames/s")
+            print(f"ray scaling 1 -> 2 workers: {fps[2] / fps[1]:.2f}x   ({load()})")
+        finally:
+            ray.shutdown()
+    print(f"({load()}; scratch {tmp})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
