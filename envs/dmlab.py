@@ -89,8 +89,6 @@ class DMLabEnv(gym.Env):
         self._lab = None
         self._last = None  # (obs, info) of the last frame, returned again once the episode has ended
         self._running = False
-        self._scene = np.full(4, -1, dtype=np.int16)  # DMLab has no scene labels; read-only, shared by all frames
-        self._scene.flags.writeable = False
         self._build()
 
     # --- engine lifecycle ----------------------------------------------------------------------------------
@@ -118,7 +116,7 @@ class DMLabEnv(gym.Env):
         o = self._lab.observations()  # only legal while is_running() (dmlab_module.c Lab_observations)
         trans, rot = o["DEBUG.POS.TRANS"], o["DEBUG.POS.ROT"]
         pose = np.array([trans[0], trans[1], trans[2], rot[0], rot[1]], dtype=np.float32)
-        info = {"pose": pose, "scene": self._scene, "maze_layout": o["DEBUG.MAZE.LAYOUT"]}
+        info = {"pose": pose, "scene": np.full(4, -1, dtype=np.int16), "maze_layout": o["DEBUG.MAZE.LAYOUT"]}
         return {"rgb": o["RGB_INTERLEAVED"]}, info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:

@@ -115,8 +115,6 @@ class MinecraftEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(len(ACTION_NAMES))
         self._engine = None
         self._ended = True
-        self._scene = np.full(4, -1, dtype=np.int16)  # MineRL has no scene labels; read-only, shared by all frames
-        self._scene.flags.writeable = False
         self._build()
 
     # --- engine lifecycle ----------------------------------------------------------------------------------
@@ -167,7 +165,7 @@ class MinecraftEnv(gym.Env):
                               "include handlers.ObservationFromCurrentLocation()")
         pose = np.array([stats["xpos"], stats["ypos"], stats["zpos"], stats["pitch"], stats["yaw"]], np.float32)
         rgb = np.ascontiguousarray(obs["pov"], dtype=np.uint8)  # the POV handler returns a flipped read-only view
-        return {"rgb": rgb}, {"pose": pose, "scene": self._scene}
+        return {"rgb": rgb}, {"pose": pose, "scene": np.full(4, -1, dtype=np.int16)}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
