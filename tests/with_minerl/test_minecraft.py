@@ -127,7 +127,8 @@ def test_collect_worker_path_writes_a_valid_shard(tmp_path, monkeypatch):
     """pipeline.collect's worker function (no Ray in this venv) -> a shard that validates; the crashing engine
     -> failures recorded per attempt and no shard."""
     from pipeline.collect import CollectConfig, render_shard
-    from pipeline.shards import validate_shard
+    from pipeline.inspect import inspect_dir
+    from pipeline.shards import Manifest, validate_shard
 
     monkeypatch.setenv("MEMVID_MINERL_ENGINE_FACTORY", FAKE)
     cfg = CollectConfig(env="minecraft", episodes=2, length=12, resolution=16, episodes_per_shard=2,
@@ -135,6 +136,9 @@ def test_collect_worker_path_writes_a_valid_shard(tmp_path, monkeypatch):
     res = render_shard(cfg, 0)
     assert res["entry"] is not None and res["entry"]["rows"] == 2 and not res["failures"]
     assert validate_shard(tmp_path / res["name"]) is None
+    Manifest(tmp_path).add(res["name"], res["entry"])  # what run_collect's driver does with the task's result
+    report = inspect_dir(tmp_path, preview=False)
+    assert report["quarantined"] == [] and report["envs"] == {"minecraft": 2} and report["frames"] == 24
     monkeypatch.setenv("MEMVID_MINERL_ENGINE_FACTORY", CRASHING)
     res = render_shard(cfg, 0)
     assert res["entry"] is None and len(res["failures"]) == 2  # 1 + max_retries attempts, each recorded
