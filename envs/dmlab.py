@@ -100,7 +100,8 @@ class DMLabEnv(gym.Env):
             self._lab = self._lab_module.Lab(cfg["level"], list(OBSERVATIONS), lab_config, cfg["renderer"])
         except (RuntimeError, ValueError) as e:
             raise EngineCrash(f"envs.dmlab: deepmind_lab.Lab could not start level {cfg['level']!r} with config "
-                              f"{lab_config} and observations {OBSERVATIONS}: {e}") from e
+                              f"{lab_config} and observations {OBSERVATIONS}: {e} (DEBUG.MAZE.LAYOUT and "
+                              f"demos/random_maze as TECO used them need TECO's fork, github.com/wilson1yan/lab)") from e
 
     def close(self) -> None:
         """Release the engine; safe to call twice and after a crash."""
@@ -150,6 +151,9 @@ class DMLabEnv(gym.Env):
             self.close()
             raise EngineCrash(f"envs.dmlab: step({int(action)}) failed: {type(e).__name__}: {e}") from e
         obs, info = self._last
+        if not running:  # the episode is over: the last frame again, as new objects (gymnasium API)
+            obs, info = {"rgb": obs["rgb"].copy()}, {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                                     for k, v in info.items()}
         return obs, float(reward), not running, False, info
 
 

@@ -11,7 +11,8 @@ Actions (ids shared with the maze and TECO's DMLab data; the dicts TECO's collec
     2 forward    {forward 1, jump 1, camera [0, 0]}
 each built from `action_space.noop()` and checked `in env.action_space` once at build time (MineRL silently
 drops unknown keys and never validates values, so a typo would otherwise be a silent no-op).
-Observations: obs["rgb"] (H, W, 3) uint8 = MineRL pov; info["pose"] = (x, y, z, pitch, yaw) float32 in blocks
+Observations: obs["rgb"] (H, W, 3) uint8 = MineRL pov (0.4: resolution x resolution; 1.0: width x height,
+640x360 by default, `resolution` is then ignored); info["pose"] = (x, y, z, pitch, yaw) float32 in blocks
 and degrees (Minecraft: +pitch looks down, +yaw turns right) from location_stats; info["scene"] = -1 (MineRL
 has no scene labels). `env.seed(int(seed))` is called before every reset (MineRL clears it after each reset and
 asserts a Python int). 20 recorded frames per second (MineRL's 50 ms ticks).
