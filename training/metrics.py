@@ -1,0 +1,113 @@
+"""Quality measures of generated frames against ground truth (paper Sec. 5, Tables 1-4, App. H, I).
+
+All frames are float (T,C,H,W) pixels in [-1,1] (decode latents first).
+
+- Retrieval (Table 1): per revisit frame, the scene probe's labels of the GENERATED frame are compared with
+  the ground-truth labels (`target_scene`) on every head the probe reads (-1 = "none in view" is a label
+  like any other; heads the probe dropped are ignored). A frame matches when all those heads agree. A case
+  succeeds when more than half of its revisit frames match (strict majority). The rate of a gap bin is the
+  share of its cases that succeed.
+- SSIM (Table 2): torchmetrics' Gaussian SSIM (11x11, sigma 1.5) on pixels mapped to [0,1] (data range 1;
+  SSIM's luminance term is not shift invariant, and on signed [-1,1] pixels two negative terms can multiply
+  into a high score for an inverted image), of generated vs
+  ground-truth revisit frames, averaged over the case's revisit frames, then over the bin's cases.
+- PSNR by segment (Tables 3-4): per-frame PSNR (data range 2), averaged over the frames of each 16-frame
+  segment of a 64-frame generation, then over cases; identical frames give PSNR_CAP_DB instead of inf.
+  Max PSNR decay (App. H) = PSNR(0-16) - PSNR(48-64).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+GAP_BINS: dict[str, tuple[int, int]] = {"0-16": (0, 16), "16-48": (16, 48), "48-112": (48, 112)}
+SEGMENT_LENGTH = 16
+NUM_SEGMENTS = 4
+SEGMENTS = tuple(f"{i * SEGMENT_LENGTH}-{(i + 1) * SEGMENT_LENGTH}" for i in range(NUM_SEGMENTS))
+PSNR_CAP_DB = 100.0  # PSNR of identical frames (MSE 0) is reported as this, not inf
+DATA_RANGE = 2.0     # pixels in [-1,1]
+
+
+def gap_bin(gap: int) -> str | None:
+    """The Table 1 bin of a revisit gap in frames (lower bound inclusive, upper exclusive), None outside."""
+    for name, (lo, hi) in GAP_BINS.items():
+        if lo <= gap < hi:
+            return name
+    return None
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
+
+
+def _check_pair(gen: torch.Tensor, gt: torch.Tensor) -> None:
+    if gen.shape != gt.shape or gen.ndim != 4:
+        raise ValueError(f"generated {tuple(gen.shape)} and ground truth {tuple(gt.shape)} must both be (T,C,H,W)")
+
+
+def psnr_per_frame(generated, ground_truth, data_range: float = DATA_RANGE, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
+    """(T,C,H,W) x2 -> (T,) PSNR in dB, capped at `cap_db` (MSE 0)."""
+    gen, gt = _as_tensor(generated), _as_tensor(ground_truth)
+    _check_pair(gen, gt)
+    mse = ((gen.double() - gt.double()) ** 2).flatten(1).mean(1).numpy()
+    with np.errstate(divide="ignore"):
+        psnr = 10.0 * np.log10(data_range ** 2 / mse)
+    return np.minimum(psnr, cap_db)
+
+
+def ssim_per_frame(generated, ground_truth) -> np.ndarray:
+    """(T,C,H,W) x2 in [-1,1] -> (T,) SSIM (torchmetrics on [0,1] pixels; window shrunk for frames < 11 px)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    gen, gt = _as_tensor(generated), _as_tensor(ground_truth)
+    _check_pair(gen, gt)
+    gen, gt = ((gen + 1) / 2).clamp(0, 1), ((gt + 1) / 2).clamp(0, 1)
+    k = min(11, min(gen.shape[-2:]) - (1 - min(gen.shape[-2:]) % 2))  # odd, <= frame size
+    return ssim(gen, gt, data_range=1.0, kernel_size=k, reduction="none").numpy().astype(np.float64)
+
+
+def frames_match(pred_labels: np.ndarray, true_labels: np.ndarray, heads: Sequence[int] | None = None) -> np.ndarray:
+    """(n,S) predicted vs (n,S) ground-truth labels -> (n,) bool: every compared head agrees."""
+    pred, true = np.asarray(pred_labels), np.asarray(true_labels)
+    if pred.shape != true.shape:
+        raise ValueError(f"label shapes differ: predicted {pred.shape}, ground truth {true.shape}")
+    cols = list(range(true.shape[1])) if heads is None else list(heads)
+    return (pred[:, cols] == true[:, cols]).all(axis=1)
+
+
+def case_retrieved(pred_labels: np.ndarray, true_labels: np.ndarray, heads: Sequence[int] | None = None) -> bool:
+    """A case retrieves its scene when a strict majority of its revisit frames match (see module docstring)."""
+    match = frames_match(pred_labels, true_labels, heads)
+    if match.size == 0:
+        raise ValueError("case has no revisit frames to judge")
+    return bool(match.sum() * 2 > match.size)
+
+
+def mean_by_bin(values: Iterable[float], bins: Iterable[str]) -> dict[str, float]:
+    """{bin: mean of the values in it} for every Table 1 bin; NaN where a bin has no cases."""
+    acc: dict[str, list[float]] = {b: [] for b in GAP_BINS}
+    for v, b in zip(values, bins):
+        if b not in acc:
+            raise ValueError(f"gap bin {b!r} unknown; valid: {list(GAP_BINS)}")
+        acc[b].append(float(v))
+    return {b: (float(np.mean(v)) if v else math.nan) for b, v in acc.items()}
+
+
+def psnr_by_segment(generated, ground_truth, segment_length: int = SEGMENT_LENGTH,
+                    num_segments: int = NUM_SEGMENTS) -> dict[str, float]:
+    """(T,C,H,W) with T >= segment_length*num_segments -> {"0-16": dB, ..., "48-64": dB} (mean per-frame PSNR)."""
+    psnr = psnr_per_frame(generated, ground_truth)
+    need = segment_length * num_segments
+    if len(psnr) < need:
+        raise ValueError(f"PSNR by segment needs {need} generated frames, got {len(psnr)}")
+    return {f"{i * segment_length}-{(i + 1) * segment_length}": float(psnr[i * segment_length:(i + 1) * segment_length].mean())
+            for i in range(num_segments)}
+
+
+def max_psnr_decay(segments: dict[str, float]) -> float:
+    """App. H: PSNR of the first segment minus PSNR of the last (dB; larger = faster error accumulation)."""
+    keys = list(segments)
+    return float(segments[keys[0]] - segments[keys[-1]])
