@@ -216,9 +216,11 @@ def test_memory_length_zero_passes_no_memory():
         assert noise_levels.dtype == torch.float32 and 0 <= float(noise_levels.min()) <= float(noise_levels.max()) <= 1
         return torch.zeros_like(x)
 
-    sample(recorder, Diffusion(20), fifo(3), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 2, 3, 2, 2),
-           torch.zeros(1, 2, dtype=torch.long), 0, torch.Generator().manual_seed(0))
+    out = sample(recorder, Diffusion(20), fifo(3), torch.zeros(1, 4, dtype=torch.long),
+                 torch.zeros(1, 2, 3, 2, 2, dtype=torch.float16), torch.zeros(1, 2, dtype=torch.long), 0,
+                 torch.Generator().manual_seed(0))
     assert got and all(m is None for m in got)
+    assert out.dtype == torch.float32  # float16 latent memory does not make the DDIM state float16
 
 
 # ----------------------------------------------------------------------------------------------- real denoiser

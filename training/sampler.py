@@ -95,7 +95,7 @@ def sample(denoiser, diffusion: Diffusion, schedule: ARSchedule, actions: torch.
 
     # clean frames known so far: given memory first, then generated frames (index = order of knowing).
     M0 = 0 if memory_x is None else memory_x.shape[1]
-    dtype = memory_x.dtype if memory_x is not None else torch.float32
+    dtype = torch.float32  # the DDIM state stays float32 even for float16 latent memory
     known_x = torch.zeros((B, M0 + num_ar * delta, *frame_shape), device=device, dtype=dtype)
     known_a = torch.zeros((B, M0 + num_ar * delta), device=device, dtype=actions.dtype)
     if M0:
