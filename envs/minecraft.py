@@ -18,7 +18,8 @@ has no scene labels). `env.seed(int(seed))` is called before every reset (MineRL
 asserts a Python int). 20 recorded frames per second (MineRL's 50 ms ticks).
 
 Engine failures (Minecraft crashes, socket timeouts, broken pipes) become EngineCrash; the engine is closed and
-the next reset() builds a new one. `engine_factory="module:function"` (or $MEMVID_MINERL_ENGINE_FACTORY) replaces
+the next reset() builds a new one. `engine_factory="module:function"` or "file.py:function" (or
+$MEMVID_MINERL_ENGINE_FACTORY) replaces
 `spec.make()` (function(spec) -> MineRL-style env); the tests use it to run the real MineRL code on its fake
 Malmo (tests/with_minerl/fake_minerl.py).
 """
@@ -78,9 +79,19 @@ def check_display(version: str) -> None:
 
 
 def _load_factory(path: str):
-    module, _, func = path.partition(":")
-    if not func:
-        raise ValueError(f"envs.minecraft: engine_factory must be 'module:function', got {path!r}")
+    """'module:function' or '/path/to/file.py:function' -> the function (a file path works in any sys.path)."""
+    module, _, func = path.rpartition(":")
+    if not module or not func:
+        raise ValueError(f"envs.minecraft: engine_factory must be 'module:function' or 'file.py:function', got {path!r}")
+    if module.endswith(".py"):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(os.path.basename(module)[:-3], module)
+        if spec is None or not os.path.isfile(module):
+            raise ValueError(f"envs.minecraft: engine_factory file {module} does not exist")
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        return getattr(loaded, func)
     return getattr(importlib.import_module(module), func)
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import tests.fake_deepmind_lab as fake_lab
 from envs.dmlab import DMLabEnv, import_lab
 from envs.engine_agents import EpisodeEnded, MazeGoalAgent, parse_layout, rollout_engine
 from envs.engine_errors import EngineCrash, EngineMissing
 from pipeline.shards import read_shard
 
-FAKE = "tests.fake_deepmind_lab"
+FAKE = str(Path(__file__).resolve().with_name("fake_deepmind_lab.py"))  # lab_module by path: any sys.path, Ray too
+fake_lab = import_lab(FAKE)
 OBS = ["RGB_INTERLEAVED", "DEBUG.POS.TRANS", "DEBUG.POS.ROT", "DEBUG.MAZE.LAYOUT"]
 
 
@@ -131,8 +131,10 @@ def test_crash_raises_enginecrash_then_reset_rebuilds(tmp_path):
 
 
 def test_import_lab_accepts_a_file_path():
-    module = import_lab(str(Path(fake_lab.__file__)))
-    assert module.version() == "1.0" and hasattr(module, "Lab")
+    module = import_lab(FAKE)
+    assert module.version() == "1.0" and hasattr(module, "Lab") and module.__name__ == "fake_deepmind_lab"
+    with pytest.raises(EngineMissing, match="no such file"):
+        import_lab("/nonexistent/deepmind_lab.py")
 
 
 # --- TECO's explorer and one episode ----------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def test_collect_dmlab_with_a_crash_end_to_end(tmp_path, monkeypatch):
     from pipeline.collect import FAILURES, CollectConfig, run_collect
     from pipeline.inspect import inspect_dir
 
-    monkeypatch.setenv("MEMVID_DMLAB_MODULE", str(Path(fake_lab.__file__).resolve()))
+    monkeypatch.setenv("MEMVID_DMLAB_MODULE", FAKE)
     monkeypatch.setenv("FAKE_DMLAB_CRASHATSTEP", "13")  # inside the recorded part (10 skipped steps first)
     monkeypatch.setenv("FAKE_DMLAB_CRASHFILE", str(tmp_path / "crashed-once"))
     out = tmp_path / "data"

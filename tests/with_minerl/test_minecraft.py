@@ -18,8 +18,9 @@ from envs.engine_errors import EngineCrash
 from envs.minecraft import MinecraftEnv, minerl_version
 from envs.minecraft_spec import ExploreSpec
 
-FAKE = "tests.with_minerl.fake_minerl:make_fake"
-CRASHING = "tests.with_minerl.fake_minerl:make_crashing"
+HERE = Path(__file__).resolve().parent
+FAKE = f"{HERE / 'fake_minerl.py'}:make_fake"  # by file path: independent of sys.path
+CRASHING = f"{HERE / 'fake_minerl.py'}:make_crashing"
 SCHEMAS = Path(minerl.__file__).parent / "Malmo" / "Schemas"
 
 
