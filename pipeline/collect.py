@@ -295,7 +295,8 @@ def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None =
         if resource:
             opts["resources"] = {resource: 1}
         task = ray.remote(render_shard).options(**opts)
-        done_eps = sum(len(shard_episodes(cfg, i)) for i in range(cfg.num_shards) if i not in set(todo))
+        pending_set = set(todo)
+        done_eps = sum(len(shard_episodes(cfg, i)) for i in range(cfg.num_shards) if i not in pending_set)
         bar = tqdm(total=cfg.episodes, initial=done_eps, unit="ep", disable=not progress, file=sys.stderr,
                    mininterval=1.0, desc=f"collect {cfg.env}")
         queue, pending = list(todo), {}
@@ -314,6 +315,7 @@ def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None =
                     _append_failures(out, res["failures"])
                     summary["failures_logged"] += len(res["failures"])
                 if res["fatal"]:
+                    bar.close()
                     for other in pending:
                         ray.cancel(other, force=True)
                     raise RuntimeError(f"--env {cfg.env}: the engine cannot run on a worker node: {res['fatal']}")

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.cli import field, parse_config
-from pipeline.schema import KINDS, to_numpy
+from pipeline.schema import KINDS, SchemaError, to_numpy
 from pipeline.shards import Manifest, quarantine, validate_shard, write_json_atomic
 
 # Revisit gap bins (frames between leaving a place and seeing it again), as in the paper's retrieval tables:
@@ -205,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     if dry_run:
         print(json.dumps(vars(cfg), indent=2))
         return 0
-    report = inspect_dir(cfg.path, cfg.preview, cfg.preview_episodes, cfg.preview_frames)
+    try:
+        report = inspect_dir(cfg.path, cfg.preview, cfg.preview_episodes, cfg.preview_frames)
+    except SchemaError as e:  # an unreadable manifest.json
+        print(f"pipeline.inspect: error: {e}", file=sys.stderr)
+        return 2
     print(format_report(report))
     return 1 if report["quarantined"] or report["missing"] else 0
 
