@@ -139,3 +139,17 @@ def test_cli_dry_run_and_bad_format(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--format", "nope", str(tmp_path)])
     assert "teco-dmlab" in capsys.readouterr().err
+
+
+def test_workers_do_not_change_the_bytes(tmp_path):
+    src = tmp_path / "dmlab"
+    src.mkdir()
+    for i in range(4):
+        np.savez(src / f"{i}.npz", video=colour_video(T, 8, 8, i), actions=np.full(T, i % 3, np.int64))
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        run_ingest(IngestConfig(format="teco-dmlab", src=str(src), out=str(out), length=T, episodes_per_shard=1,
+                                workers=workers))
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.parquet"))}
+    assert len(outs[1]) == 4 and outs[1] == outs[2]
