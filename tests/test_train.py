@@ -168,22 +168,19 @@ def test_cli_dry_run_prints_resolved_config(capsys, data, tmp_path):
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_ray_backend_matches_local_and_survives_a_killed_worker(ray_cluster, data, out, straight):
+    """One Ray Train worker on the Ray Data stream; it dies after step 3 (checkpoint at 2) and FailureConfig
+    restarts it from checkpoint_00000002. Losses equal the local loop's for the same seed (Ray == local, and
+    resumed == uninterrupted), the MLflow run is the same one, the final weights equal the local run's."""
     ref_cfg, ref = straight
     want = loss_history(ref_cfg, ref["mlflow_run_id"])
-    # 1) one Ray Train worker on the Ray Data stream: the same losses as the local loop for the same seed
-    cfg = tiny_config(data, out, backend="ray", name="ray")
-    out = run_training(cfg)
-    got = loss_history(cfg, out["mlflow_run_id"])
-    assert sorted(got) == [1, 2, 3, 4]
-    np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], rtol=1e-5)
-    # 2) the worker dies after step 3 (checkpoint at 2): FailureConfig restarts it from checkpoint_00000002,
-    # the run completes, the MLflow run is the same and the final weights equal the uninterrupted run's
     cfg = tiny_config(data, out, backend="ray", name="ray-killed", fail_at_step=3, max_failures=1)
-    out = run_training(cfg)
-    assert (cfg.run_dir / ".failure_injected_3").exists()
-    state, ref_state = load_checkpoint(out["checkpoint"]), load_checkpoint(ref["checkpoint"])
-    assert state["step"] == 4 and state["mlflow_run_id"] == out["mlflow_run_id"]
-    got = loss_history(cfg, out["mlflow_run_id"])
+    res = run_training(cfg)
+    assert (cfg.run_dir / ".failure_injected_3").exists()  # the worker did die
+    state, ref_state = load_checkpoint(res["checkpoint"]), load_checkpoint(ref["checkpoint"])
+    assert Path(res["checkpoint"]).parent.name == "checkpoint_00000004" and state["step"] == 4
+    assert state["mlflow_run_id"] == res["mlflow_run_id"] and state["data_position"] == ref_state["data_position"]
+    got = loss_history(cfg, res["mlflow_run_id"])
+    assert sorted(got) == [1, 2, 3, 4]
     np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], rtol=1e-5)
     for name, tensor in ref_state["model"].items():
         torch.testing.assert_close(state["model"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
