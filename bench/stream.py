@@ -1,0 +1,111 @@
+"""Window stream throughput vs raw pyarrow on the same shards, and its data-wait share of a tiny training step.
+
+    flock /tmp/ray.lock .venv/bin/python bench/stream.py                 # synthetic 64x64 shards in a temp folder
+    flock /tmp/ray.lock .venv/bin/python bench/stream.py --data data/maze --memory 16 --window 16
+
+Figures printed (floors from issue 6): Ray Data window stream frames/s >= 50% of raw pyarrow frames/s;
+data wait <= 5% of a tiny training step. "frames" = frames delivered to the model (window + valid memory
+frames, float32) for the streams, frames decoded into numpy for raw pyarrow.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def raw_pyarrow(data: Path) -> float:
+    """frames/s of reading every shard's frames into numpy with pyarrow alone."""
+    from pipeline.schema import to_numpy
+
+    start, n = time.perf_counter(), 0
+    for p in sorted(data.glob("shard-*.parquet")):
+        col = "latents" if "latents" in pq.read_schema(p).names else "frames"
+        a = to_numpy(pq.read_table(p, columns=[col]), col)
+        n += a.shape[0] * a.shape[1]
+    return n / (time.perf_counter() - start)
+
+
+def frames_in(batch) -> int:
+    return int(batch["x"].shape[0] * batch["x"].shape[1] + batch["mem_mask"].sum())
+
+
+def stream_rate(batches) -> tuple[float, int]:
+    start, n, count = time.perf_counter(), 0, 0
+    for b in batches:
+        n += frames_in(b)
+        count += 1
+    return n / (time.perf_counter() - start), count
+
+
+def wait_share(batches, steps: int) -> float:
+    """Share of wall time spent waiting for data in a loop of tiny conv training steps."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 32, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv3d(32, 3, 3, padding=1))
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    it, wait, start = iter(batches), 0.0, time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        try:
+            b = next(it)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t0
+        x = b["x"].transpose(1, 2)                                   # (B,C,T,H,W)
+        loss = (model(x) - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return wait / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="", help="shard folder (default: synthetic 64x64 shards in a temp folder)")
+    ap.add_argument("--memory", type=int, default=16)
+    ap.add_argument("--window", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=30, help="training steps for the data-wait share")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from pipeline.synthetic import write_synthetic_shards
+    from pipeline.windows import LocalWindowStream, WindowSpec, ray_collate_fn, ray_window_dataset
+
+    tmp = tempfile.TemporaryDirectory()
+    data = Path(args.data) if args.data else Path(tmp.name)
+    if not args.data:
+        write_synthetic_shards(data, num_shards=4, episodes_per_shard=16, length=64, size=64, seed=0)
+    spec = WindowSpec(args.memory, args.window, args.batch_size, seed=0)
+
+    print(f"data: {data} (m={spec.memory_length}, w={spec.window}, batch {spec.batch_size}); "
+          f"cpu cores: {os.cpu_count()}, load avg: {os.getloadavg()[0]:.1f}", flush=True)
+    raw = max(raw_pyarrow(data), raw_pyarrow(data))                  # best of 2: page cache warm
+    print(f"raw pyarrow read:           {raw:10.0f} frames/s", flush=True)
+    local, nb = stream_rate(LocalWindowStream(data, spec, epochs=1))
+    print(f"LocalWindowStream:          {local:10.0f} frames/s ({100 * local / raw:.0f}% of raw; {nb} batches)", flush=True)
+
+    import ray
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from ray.data import DataContext
+    DataContext.get_current().enable_progress_bars = False
+    ds = ray_window_dataset(data, spec)
+    list(ds.limit(1).iter_batches(batch_size=1))                     # warm the workers
+    ray_rate, _ = stream_rate(ds.iter_torch_batches(batch_size=spec.batch_size, collate_fn=ray_collate_fn(),
+                                                    prefetch_batches=2))
+    print(f"Ray Data window stream:     {ray_rate:10.0f} frames/s ({100 * ray_rate / raw:.0f}% of raw; floor 50%)", flush=True)
+    share_local = wait_share(LocalWindowStream(data, spec), args.steps)
+    share_ray = wait_share(ray_window_dataset(data, spec).iter_torch_batches(
+        batch_size=spec.batch_size, collate_fn=ray_collate_fn(), prefetch_batches=4), args.steps)
+    print(f"data wait, tiny train step: local {100 * share_local:.1f}%, ray {100 * share_ray:.1f}% (floor 5%)", flush=True)
+    print(f"load avg at the end: {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
