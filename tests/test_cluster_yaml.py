@@ -47,6 +47,7 @@ def test_node_types_and_collector_resource():
     from pipeline.collect import ENV_RESOURCES
 
     assert {ENV_RESOURCES["minecraft"]: 1} == types["collector"]["resources"]  # what collect asks, the collector offers
+    assert {ENV_RESOURCES["dmlab"]: 1} == types["dmlab_collector"]["resources"]
     setup = " ".join(types["collector"]["worker_setup_commands"])
     assert "openjdk-8" in setup and "xvfb" in setup and "minerl==0.4.4" in setup
     assert any("mlflow server" in c for c in cfg["head_start_ray_commands"])
