@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             for workers in (1, 2):
                 s = run(workers, f"ray{workers}", b.ray_episodes)
                 fps[workers] = s["frames"] / s["seconds"]
-                print(f"ray {workers} worker(s): {s['frames']} frames in {s['seconds']:.2f} s = {fps[workers]:,.0f} frames/s")
+                busy = s["task_sec"] / (workers * s["seconds"])  # 1.0 = task slots never idle (no Ray overhead)
+                print(f"ray {workers} worker(s): {s['frames']} frames in {s['seconds']:.2f} s = {fps[workers]:,.0f} frames/s"
+                      f"  (task slots busy {busy:.0%} of the time)")
             print(f"ray scaling 1 -> 2 workers: {fps[2] / fps[1]:.2f}x   ({load()})")
         finally:
             ray.shutdown()

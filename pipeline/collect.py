@@ -278,7 +278,8 @@ def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None =
         stale.unlink(missing_ok=True)
     todo = [i for i in range(cfg.num_shards) if not manifest.is_done(shard_name(i))]
     summary = {"out": str(out), "num_shards": cfg.num_shards, "skipped": cfg.num_shards - len(todo), "written": 0,
-               "failed": [], "failures_logged": 0, "frames": 0, "seconds": 0.0, "frames_per_sec": 0.0}
+               "failed": [], "failures_logged": 0, "frames": 0, "seconds": 0.0, "frames_per_sec": 0.0,
+               "task_sec": 0.0}
     if not todo:
         return summary
 
@@ -311,6 +312,7 @@ def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None =
                     res = ray.get(ref)
                 except Exception as e:
                     res = _crash_result(index, e)
+                summary["task_sec"] += res.get("render_sec", 0.0) + res.get("write_sec", 0.0)  # wall s inside tasks
                 if res["failures"]:
                     _append_failures(out, res["failures"])
                     summary["failures_logged"] += len(res["failures"])
