@@ -28,30 +28,39 @@ from torch import nn
 
 PROBE_FILE = "scene_probe.pt"
 PROBE_MIN_ACCURACY = 0.95  # held-out all-heads accuracy a probe needs for its retrieval figures to count
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 
 
 @dataclass
 class ProbeSettings:
     heads: tuple[str, ...] = ("room", "floor_texture", "wall_texture", "painting")  # labels to read (SCENE_LABELS order)
+    # Heads retrieval is judged on. Empty = auto: every head whose held-out accuracy reaches PROBE_MIN_ACCURACY
+    # (a head the probe cannot read reliably would judge noise); the choice is reported with the figures.
+    judge_heads: tuple[str, ...] = ()
     held_out_fraction: float = 0.2   # share of episodes held out for the accuracy figure
     max_frames: int = 20000          # cap on training frames (evenly strided over each episode)
     max_steps: int = 3000            # optimiser steps at most
     batch_size: int = 128
     lr: float = 2e-3
     width: int = 32                  # channels of the first conv layer
-    target_accuracy: float = 0.99    # stop early once the held-out all-heads accuracy reaches this
+    target_accuracy: float = 0.99    # stop early once the held-out accuracy (judge_heads, else all) reaches this
     eval_every: int = 200            # steps between held-out checks
     num_threads: int = 0             # torch CPU threads while training (0 = leave torch's setting)
     seed: int = 0
 
 
 class SceneProbe(nn.Module):
-    """(N,3,H,W) in [-1,1] -> {head: (N, num_classes) logits}."""
+    """(N,3,H,W) in [-1,1] -> {head: (N, num_classes) logits}.
 
-    def __init__(self, num_classes: dict[str, int], width: int = 32):
+    A small CNN over the whole frame, plus the frame's two centre columns at full resolution through a linear
+    layer: the maze defines room, floor and wall labels on the centre column (envs/maze.py), and a strided CNN
+    blurs exactly that detail.
+    """
+
+    def __init__(self, num_classes: dict[str, int], width: int = 32, resolution: int = 64):
         super().__init__()
         self.num_classes = dict(num_classes)
+        self.resolution = resolution
         w = width
 
         def block(cin, cout):
@@ -60,18 +69,24 @@ class SceneProbe(nn.Module):
 
         self.features = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(4),
                                       nn.Flatten())  # (N, 4w*4*4)
-        self.heads = nn.ModuleDict({h: nn.Linear(64 * w, n) for h, n in num_classes.items()})
+        self.column = nn.Sequential(nn.Linear(3 * 2 * resolution, 8 * w), nn.SiLU())  # (N, 8w)
+        self.heads = nn.ModuleDict({h: nn.Linear(64 * w + 8 * w, n) for h, n in num_classes.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.features(x)
+        if x.shape[-2] != self.resolution:
+            raise ValueError(f"scene probe was trained on {self.resolution}px frames, got {tuple(x.shape[-2:])}")
+        c = x.shape[-1] // 2
+        f = torch.cat([self.features(x), self.column(x[..., c - 1:c + 1].flatten(1))], 1)
         return {h: head(f) for h, head in self.heads.items()}
 
 
 @dataclass
 class ProbeReport:
-    heads: list[str]
-    accuracy: float                           # held-out frames with every head right
+    heads: list[str]                          # heads trained
+    accuracy: float                           # held-out frames with every JUDGED head right
     head_accuracy: dict[str, float]
+    judge_heads: list[str]                    # heads retrieval is judged on (settings.judge_heads, or auto)
+    all_heads_accuracy: float                 # held-out frames with every trained head right
     num_train_frames: int
     num_held_out_frames: int
     held_out_episodes: list[str] = field(default_factory=list)
@@ -188,7 +203,7 @@ def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings
     """Train on the train episodes, report accuracy on the held-out episodes (split seeded by settings.seed)."""
     from pipeline.schema import SCENE_LABELS
 
-    unknown = [h for h in settings.heads if h not in SCENE_LABELS]
+    unknown = [h for h in (*settings.heads, *settings.judge_heads) if h not in SCENE_LABELS]
     if unknown:
         raise ValueError(f"probe heads {unknown} unknown; valid: {list(SCENE_LABELS)}")
     heads = [h for h in settings.heads if (scene[:, SCENE_LABELS.index(h)] >= 0).any()]
@@ -206,29 +221,35 @@ def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings
     gen = torch.Generator().manual_seed(settings.seed)
     with torch.random.fork_rng(devices=[]):  # weight init draws from the global RNG; keep it untouched
         torch.manual_seed(settings.seed)
-        probe = SceneProbe(classes, settings.width)
+        probe = SceneProbe(classes, settings.width, resolution=x.shape[-2])
     opt = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=1e-4)
     warm = max(1, settings.max_steps // 20)  # linear warm-up, then cosine decay to 0
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, settings.max_steps) / settings.max_steps)))
-    step, acc, head_acc = 0, 0.0, {}
     threads = torch.get_num_threads()
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)  # restored below; oversubscribed cores thrash with >1
+    stop_heads = [h for h in settings.judge_heads if h in heads] or heads
     try:
-        step, acc, head_acc = _fit(probe, opt, sched, xtr, ytr, x[test], scene[test], heads, settings, gen)
+        step = _fit(probe, opt, sched, xtr, ytr, x[test], scene[test], heads, stop_heads, settings, gen)
+        all_acc, head_acc = _accuracy(probe, x[test], scene[test], heads)
+        judged = [h for h in settings.judge_heads if h in heads] if settings.judge_heads else \
+            [h for h in heads if head_acc[h] >= PROBE_MIN_ACCURACY]
+        judged = judged or [max(heads, key=head_acc.get)]  # none reliable: the best one, reported invalid
+        acc, _ = _accuracy(probe, x[test], scene[test], judged)
     finally:
         torch.set_num_threads(threads)
     names = [episode_names[i] for i in held] if episode_names else [str(int(i)) for i in held]
-    report = ProbeReport(heads, acc, head_acc, int((~test).sum()), int(test.sum()), sorted(names), step)
+    report = ProbeReport(heads, acc, head_acc, judged, all_acc, int((~test).sum()), int(test.sum()), sorted(names), step)
     return probe, report
 
 
-def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, settings: ProbeSettings, gen) -> tuple[int, float, dict]:
+def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, stop_heads, settings: ProbeSettings, gen) -> int:
+    """Optimise until max_steps or until the held-out accuracy on `stop_heads` reaches the target; returns steps."""
     from pipeline.schema import SCENE_LABELS
 
     loss_fn = nn.CrossEntropyLoss()
-    step, acc, head_acc = 0, 0.0, {}
+    step = 0
     while step < settings.max_steps:
         probe.train()
         idx = torch.randint(len(xtr), (settings.batch_size,), generator=gen)
@@ -243,16 +264,16 @@ def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, settings: ProbeSettings, 
         sched.step()
         step += 1
         if step % settings.eval_every == 0 or step == settings.max_steps:
-            acc, head_acc = _accuracy(probe, xte, yte, heads)
-            if acc >= settings.target_accuracy:
+            if _accuracy(probe, xte, yte, stop_heads)[0] >= settings.target_accuracy:
                 break
-    return step, acc, head_acc
+    return step
 
 
 def save_probe(probe: SceneProbe, report: ProbeReport, settings: ProbeSettings, path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save({"version": PROBE_VERSION, "num_classes": probe.num_classes, "width": settings.width,
+                "resolution": probe.resolution,
                 "state_dict": probe.state_dict(), "report": asdict(report),
                 "settings": json.loads(json.dumps(asdict(settings)))}, tmp)
     os.replace(tmp, path)
@@ -262,7 +283,7 @@ def load_probe(path: Path) -> tuple[SceneProbe, ProbeReport, dict]:
     blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     if blob.get("version") != PROBE_VERSION:
         raise ValueError(f"{path}: probe version {blob.get('version')}, expected {PROBE_VERSION}; delete it to retrain")
-    probe = SceneProbe(blob["num_classes"], blob["width"])
+    probe = SceneProbe(blob["num_classes"], blob["width"], blob["resolution"])
     probe.load_state_dict(blob["state_dict"])
     return probe.eval(), ProbeReport(**blob["report"]), blob["settings"]
 
