@@ -140,8 +140,13 @@ class ShardWriter:
         self.pending: dict[str, dict[str, dict]] = {name: {} for name in self.order}
         self.rows_written = self.frames_written = self.shards_written = 0
         self.start = time.perf_counter()
+        self.first_batch: float | None = None          # rates count from here: Ray start and model load excluded
+
+    def rate(self) -> float:
+        return self.frames_written / max(time.perf_counter() - (self.first_batch or self.start), 1e-9)
 
     def add(self, name: str, batch: dict) -> None:
+        self.first_batch = self.first_batch or time.perf_counter()
         rows = self.pending[name]
         for i, eid in enumerate(batch["episode_id"]):
             if eid in rows:
@@ -159,9 +164,8 @@ class ShardWriter:
         self.rows_written += len(rows)
         self.shards_written += 1
         self.frames_written += len(rows) * t
-        rate = self.frames_written / max(time.perf_counter() - self.start, 1e-9)
         print(f"[encode] {name}: {len(rows)} episodes, {len(rows) * t} frames; total {self.frames_written} frames, "
-              f"{rate:.0f} frames/s", flush=True)
+              f"{self.rate():.0f} frames/s", flush=True)
 
     def missing(self) -> dict[str, int]:
         return {name: len(self.order[name]) - len(rows) for name, rows in self.pending.items()}
@@ -240,7 +244,8 @@ def run_encode(cfg: EncodeConfig) -> dict:
         seconds = time.perf_counter() - writer.start
         report.update(rows_encoded=writer.rows_written, frames_encoded=writer.frames_written,
                       shards_encoded=writer.shards_written, seconds=round(seconds, 3),
-                      frames_per_sec=round(writer.frames_written / max(seconds, 1e-9), 1),
+                      frames_per_sec=round(writer.rate(), 1),      # from the first encoded batch on
+                      frames_per_sec_wall=round(writer.frames_written / max(seconds, 1e-9), 1),
                       rows_in_out_manifest=out.num_rows)
         write_json_atomic(report, out_dir / REPORT)
         print("[encode] report: " + json.dumps({k: v for k, v in report.items() if k != "quarantined"}), flush=True)
