@@ -51,11 +51,17 @@ def attention(q, k, v, *, causal: bool = False, key_valid: torch.Tensor | None =
     if L == s:
         eye = torch.eye(L, dtype=torch.bool, device=q.device)
     qg, kg, vg = (t.reshape(g, r, h, t.shape[2], d) for t in (q, k, v))
-    outs = []
-    for i in range(g):  # one mask per group, broadcast over its R sequences (no (N,L,S) mask is materialised)
-        mask = (allowed_base & key_valid[i][None, :]) | eye
-        outs.append(_sdpa_chunked(qg[i], kg[i], vg[i], mask[None, None], False, max_rows))
-    return torch.stack(outs, 0).reshape(n, h, L, d)
+    patterns, which = torch.unique(key_valid, dim=0, return_inverse=True)  # few distinct paddings per batch
+    out = q.new_empty(g, r, h, L, d)
+    for u in range(patterns.shape[0]):  # one (L,S) mask per pattern, broadcast (no (N,L,S) mask is materialised)
+        mask = ((allowed_base & patterns[u][None, :]) | eye)[None, None]
+        if patterns.shape[0] == 1:
+            out = _sdpa_chunked(q, k, v, mask, False, max_rows).view(g, r, h, L, d)
+            break
+        idx = (which == u).nonzero().squeeze(1)
+        sub = [t.index_select(0, idx).flatten(0, 1) for t in (qg, kg, vg)]
+        out[idx] = _sdpa_chunked(*sub, mask, False, max_rows).view(len(idx), r, h, L, d)
+    return out.reshape(n, h, L, d)
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
