@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     print(f"  params {out['params_M']:.2f} M, train {out['train_gflops_per_frame']:.2f} GFLOP/frame (3x forward)")
     print(f"  step {sec * 1e3:.1f} ms (median of {cfg.steps}), {out['train_frames_per_sec']:.1f} training frames/s")
     print(f"  peak memory {peak_mem:.2f} GiB ({where})")
-    mfu = f"{out['mfu'] * 100:.2f}% of {peak:.1f} TFLOP/s" if peak else "n/a (pass --peak-tflops)"
+    mfu = f"{out['mfu'] * 100:.2f}% of {peak:.3g} TFLOP/s" if peak else "n/a (pass --peak-tflops)"
     print(f"  achieved {out['achieved_tflops']:.4f} TFLOP/s, MFU {mfu}")
     return out
 
