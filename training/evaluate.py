@@ -144,6 +144,15 @@ def to_pixels(x: np.ndarray, encoder_json: str) -> np.ndarray:
     return decode_to_unit(x, encoder_json)
 
 
+def probe_settings(cfg: EvalConfig):
+    """The scene probe settings of an evaluation (a sweep can train the probe once up front with
+    `training.probe.load_or_train_probe(data_dir, probe_settings(cfg))`; trials then reuse it)."""
+    from training.probe import ProbeSettings
+
+    return ProbeSettings(max_steps=cfg.probe_max_steps, max_frames=cfg.probe_max_frames, seed=cfg.seed,
+                         judge_heads=tuple(cfg.probe_heads), num_threads=cfg.cpu_threads)
+
+
 # ---------------------------------------------------------------------------------------------- generation
 
 def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device) -> tuple[list[np.ndarray], float, int]:
@@ -297,7 +306,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
     from training.cost import forward_flops
     from training.diffusion import Diffusion
     from training.media import plot_bars, plot_lines, save_figure
-    from training.probe import ProbeSettings, load_or_train_probe
+    from training.probe import load_or_train_probe
     from training.schedules import build_schedule
 
     out_dir = Path(cfg.out_dir).expanduser().resolve()
@@ -330,9 +339,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
     probe_dir = Path(cfg.probe_data) if cfg.probe_data else cases_path.parent
     probe, report = None, None
     try:
-        settings = ProbeSettings(max_steps=cfg.probe_max_steps, max_frames=cfg.probe_max_frames, seed=cfg.seed,
-                                 judge_heads=tuple(cfg.probe_heads), num_threads=cfg.cpu_threads)
-        probe, report = load_or_train_probe(probe_dir, settings)
+        probe, report = load_or_train_probe(probe_dir, probe_settings(cfg))
     except ValueError as e:  # no scene labels in this dataset: retrieval is not judged, SSIM/PSNR still are
         print(f"[evaluate] scene probe unavailable: {e}", flush=True)
     # [3] generate and score

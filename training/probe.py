@@ -297,9 +297,10 @@ def load_or_train_probe(data_dir: str | os.PathLike, settings: ProbeSettings | N
     path = Path(path) if path else data_dir / PROBE_FILE
     fingerprint = data_fingerprint(data_dir)
     wanted = json.loads(json.dumps(asdict(settings)))
+    same = lambda a, b: {**a, "num_threads": 0} == {**b, "num_threads": 0}  # threads do not change the probe
     if path.exists():
         probe, report, saved = load_probe(path)
-        if report.data_fingerprint == fingerprint and saved == wanted:
+        if report.data_fingerprint == fingerprint and same(saved, wanted):
             return probe, report
         log(f"{path}: trained on other data or settings; retraining")
     x, scene, episodes, names = load_labelled_frames(data_dir, settings.max_frames)
