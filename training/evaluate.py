@@ -339,7 +339,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
     probe_dir = Path(cfg.probe_data) if cfg.probe_data else cases_path.parent
     probe, report = None, None
     try:
-        probe, report = load_or_train_probe(probe_dir, probe_settings(cfg))
+        probe, report = load_or_train_probe(probe_dir, probe_settings(cfg), device=device)
     except ValueError as e:  # no scene labels in this dataset: retrieval is not judged, SSIM/PSNR still are
         print(f"[evaluate] scene probe unavailable: {e}", flush=True)
     # [3] generate and score

@@ -178,14 +178,15 @@ def predict_labels(probe: SceneProbe, x: torch.Tensor | np.ndarray, batch_size: 
     """(N,3,H,W) in [-1,1] -> (N, len(SCENE_LABELS)) int16 labels; -1 also where a head was dropped."""
     from pipeline.schema import SCENE_LABELS
 
+    device = next(probe.parameters()).device
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     out = np.full((len(x), len(SCENE_LABELS)), -1, dtype=np.int16)
     probe.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            logits = probe(x[i:i + batch_size])
+            logits = probe(x[i:i + batch_size].to(device))
             for h, lg in logits.items():
-                out[i:i + batch_size, SCENE_LABELS.index(h)] = (lg.argmax(1) - 1).numpy()
+                out[i:i + batch_size, SCENE_LABELS.index(h)] = (lg.argmax(1) - 1).cpu().numpy()
     return out
 
 
@@ -199,8 +200,9 @@ def _accuracy(probe: SceneProbe, x: np.ndarray, scene: np.ndarray, heads: list[s
 
 
 def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings: ProbeSettings,
-                episode_names: list[str] | None = None) -> tuple[SceneProbe, ProbeReport]:
-    """Train on the train episodes, report accuracy on the held-out episodes (split seeded by settings.seed)."""
+                episode_names: list[str] | None = None, device: str | torch.device = "cpu") -> tuple[SceneProbe, ProbeReport]:
+    """Train on the train episodes, report accuracy on the held-out episodes (split seeded by settings.seed).
+    The returned probe is on the CPU."""
     from pipeline.schema import SCENE_LABELS
 
     unknown = [h for h in (*settings.heads, *settings.judge_heads) if h not in SCENE_LABELS]
@@ -216,12 +218,14 @@ def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings
         raise ValueError(f"need >= 2 episodes to hold some out for the probe's accuracy, got {len(ids)}")
     held = rng.permutation(ids)[:max(1, int(round(len(ids) * settings.held_out_fraction)))]
     test = np.isin(episodes, held)
-    xtr, ytr = torch.as_tensor(x[~test]), torch.as_tensor(labels_to_classes(scene[~test]))
+    device = torch.device(device)
+    xtr = torch.as_tensor(x[~test]).to(device)
+    ytr = torch.as_tensor(labels_to_classes(scene[~test])).to(device)
     classes = {h: int(labels_to_classes(scene[:, SCENE_LABELS.index(h)]).max()) + 1 for h in heads}
     gen = torch.Generator().manual_seed(settings.seed)
     with torch.random.fork_rng(devices=[]):  # weight init draws from the global RNG; keep it untouched
         torch.manual_seed(settings.seed)
-        probe = SceneProbe(classes, settings.width, resolution=x.shape[-2])
+        probe = SceneProbe(classes, settings.width, resolution=x.shape[-2]).to(device)
     opt = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=1e-4)
     warm = max(1, settings.max_steps // 20)  # linear warm-up, then cosine decay to 0
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -241,7 +245,7 @@ def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings
         torch.set_num_threads(threads)
     names = [episode_names[i] for i in held] if episode_names else [str(int(i)) for i in held]
     report = ProbeReport(heads, acc, head_acc, judged, all_acc, int((~test).sum()), int(test.sum()), sorted(names), step)
-    return probe, report
+    return probe.cpu().eval(), report
 
 
 def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, stop_heads, settings: ProbeSettings, gen) -> int:
@@ -252,9 +256,9 @@ def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, stop_heads, settings: Pro
     step = 0
     while step < settings.max_steps:
         probe.train()
-        idx = torch.randint(len(xtr), (settings.batch_size,), generator=gen)
+        idx = torch.randint(len(xtr), (settings.batch_size,), generator=gen).to(xtr.device)
         xb = xtr[idx]
-        flip = torch.rand(len(xb), generator=gen) < 0.5  # left-right flip keeps textures and rooms
+        flip = (torch.rand(len(xb), generator=gen) < 0.5).to(xb.device)  # left-right flip keeps textures and rooms
         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
         logits = probe(xb)
         loss = sum(loss_fn(logits[h], ytr[idx, SCENE_LABELS.index(h)]) for h in heads)
@@ -289,7 +293,8 @@ def load_probe(path: Path) -> tuple[SceneProbe, ProbeReport, dict]:
 
 
 def load_or_train_probe(data_dir: str | os.PathLike, settings: ProbeSettings | None = None,
-                        path: str | os.PathLike | None = None, log=print) -> tuple[SceneProbe, ProbeReport]:
+                        path: str | os.PathLike | None = None, log=print,
+                        device: str | torch.device = "cpu") -> tuple[SceneProbe, ProbeReport]:
     """The probe saved at `<data_dir>/scene_probe.pt` if it was trained on this data with these settings, else
     a new one trained on the folder's real frames and saved there."""
     settings = settings or ProbeSettings()
@@ -304,7 +309,7 @@ def load_or_train_probe(data_dir: str | os.PathLike, settings: ProbeSettings | N
             return probe, report
         log(f"{path}: trained on other data or settings; retraining")
     x, scene, episodes, names = load_labelled_frames(data_dir, settings.max_frames)
-    probe, report = train_probe(x, scene, episodes, settings, names)
+    probe, report = train_probe(x, scene, episodes, settings, names, device)
     report.data_fingerprint = fingerprint
     save_probe(probe, report, settings, path)
     log(f"scene probe: held-out accuracy {report.accuracy:.3f} over {report.num_held_out_frames} frames "
