@@ -4,7 +4,7 @@
     stream = LocalWindowStream("data/maze", spec)             # no Ray: plain pyarrow, rank/world_size sharding
     for batch in stream: ...                                   # dict of torch tensors (see collate)
     state = stream.state_dict(); stream.load_state_dict(state) # resume: the next batches are the ones that would come
-    ds = ray_window_dataset("data/maze", spec, epoch=0, start=0)  # same rows as a Ray Data dataset
+    ds = ray_window_dataset("data/maze", spec, epoch=0, start=0, num_epochs=2)  # same rows with Ray Data
     for batch in ds.iter_torch_batches(batch_size=spec.batch_size, collate_fn=ray_collate_fn()): ...
 
 Sampling (one function, `epoch_samples`, serves both paths). For epoch e a generator default_rng([seed, e])
@@ -175,7 +175,8 @@ def ray_collate_fn():
 # Plain pyarrow path
 
 class LocalWindowStream:
-    """Batches of windows without Ray; endless over epochs unless `epochs` is given. Position = (epoch, index)."""
+    """Batches of windows without Ray; endless over epochs unless `epochs` is given. Position = (epoch, index):
+    the epoch and the index within it of the next sample this rank will deliver."""
 
     def __init__(self, data_dir: str | Path, spec: WindowSpec, rank: int = 0, world_size: int = 1,
                  epochs: int | None = None):
@@ -194,17 +195,27 @@ class LocalWindowStream:
     def _samples(self, epoch: int) -> np.ndarray:
         return epoch_samples(self.shards, self.spec, epoch, self.rank, self.world_size)
 
-    def batches_per_epoch(self) -> int:
-        return -(-len(self._samples(0)) // self.spec.batch_size)
+    def samples_per_epoch(self) -> int:
+        """Samples this rank delivers per epoch (the same for every epoch and rank)."""
+        return len(self._samples(0))
 
     def __iter__(self):
+        """Batches of B consecutive samples of the epochs' concatenated order: a batch may cross an epoch end
+        (every batch is full; only the last one of a bounded stream may be short)."""
+        batch_size, loaded, samples = self.spec.batch_size, None, None
         while self.epochs is None or self.epoch < self.epochs:
-            samples = self._samples(self.epoch)
-            while self.index < len(samples):
-                sel = samples[self.index:self.index + self.spec.batch_size]
-                self.index += len(sel)
-                yield collate(make_windows(self.shards, sel, self.spec, self.cache))
-            self.epoch, self.index = self.epoch + 1, 0
+            parts, n = [], 0
+            while n < batch_size and (self.epochs is None or self.epoch < self.epochs):
+                if loaded != self.epoch:
+                    samples, loaded = self._samples(self.epoch), self.epoch
+                part = samples[self.index:self.index + batch_size - n]
+                parts.append(part)
+                n += len(part)
+                self.index += len(part)
+                if self.index >= len(samples):           # position always names the next sample
+                    self.epoch, self.index = self.epoch + 1, 0
+            if n:
+                yield collate(make_windows(self.shards, np.concatenate(parts), self.spec, self.cache))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.spec.seed, "rank": self.rank,
@@ -240,19 +251,23 @@ def _window_chunks(batch: dict, shards, samples, bounds, spec) -> dict:
 
 
 def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, start: int = 0, rank: int = 0,
-                       world_size: int = 1, max_chunk: int = 256,
-                       num_cpus: float = 0.5):
-    """One epoch of window rows from sample `start` on, as a Ray Data dataset (same rows as LocalWindowStream).
+                       world_size: int = 1, num_epochs: int = 1, max_chunk: int = 256, num_cpus: float = 0.5):
+    """Window rows of epochs epoch .. epoch+num_epochs-1 (in that order) from sample `start` of the first, as a
+    Ray Data dataset: the same rows, in the same order, as LocalWindowStream from state (epoch, start).
 
-    A deterministic function of (data, spec, epoch, start): a resumed run rebuilds it from its saved position.
-    Order is preserved (DataContext preserve_order) so `iter_batches(batch_size=spec.batch_size)` gives the
-    same batches as the local stream.
+    A deterministic function of (data, spec, epoch, start, num_epochs): a resumed run rebuilds it from its saved
+    position. Order is preserved (preserve_order) so `iter_batches(batch_size=spec.batch_size)` gives the same
+    batches as the local stream, across epoch ends too. Use num_epochs rather than `Dataset.union` of one-epoch
+    datasets: union interleaves its inputs' blocks (measured here), which breaks the order.
     """
     import ray
     from ray.data import DataContext
 
     shards = index_shards(data_dir)
-    samples = epoch_samples(shards, spec, epoch, rank, world_size)[start:]
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+    samples = np.concatenate([epoch_samples(shards, spec, e, rank, world_size)
+                              for e in range(epoch, epoch + num_epochs)])[start:]
     if not len(samples):
         raise ValueError(f"{data_dir}: no samples left in epoch {epoch} from start={start} (window={spec.window})")
     bounds = _chunks(samples, max_chunk)

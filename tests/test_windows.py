@@ -76,6 +76,7 @@ def test_short_history_left_padded(data):
 def test_resume_gives_the_next_batches(data):
     spec = WindowSpec(memory_length=4, window=4, batch_size=5, seed=7)
     full = _take(LocalWindowStream(data, spec), 9)       # crosses an epoch boundary (36 samples / 5)
+    assert all(len(b["x"]) == 5 for b in full)          # batch 8 holds the last sample of epoch 0 and 4 of epoch 1
     first = LocalWindowStream(data, spec)
     head = _take(first, 4)
     state = first.state_dict()
@@ -114,7 +115,12 @@ def test_ray_path_matches_local_and_resumes(data, ray_cluster):
     assert _same(ray_batches, local)
     torch_batches = list(ds.iter_torch_batches(batch_size=spec.batch_size, collate_fn=ray_collate_fn()))
     assert _same(torch_batches, local)
-    # resume from a saved position: sample index 2 batches in
-    resumed = ray_window_dataset(data, spec, epoch=0, start=2 * spec.batch_size)
-    tail = [collate(b) for b in resumed.iter_batches(batch_size=spec.batch_size, batch_format="numpy")]
-    assert _same(tail, local[2:])
+    # resume from a saved position (sample index 2 batches into epoch 0) over two epochs: the batches cross the
+    # epoch end exactly as the local stream's do (24 samples per epoch, batch 5)
+    spec5 = WindowSpec(memory_length=6, window=4, batch_size=5, seed=5)
+    stream = LocalWindowStream(data, spec5)
+    _take(stream, 2)
+    expected = _take(stream, 8)
+    resumed = ray_window_dataset(data, spec5, epoch=0, start=2 * spec5.batch_size, num_epochs=2)
+    tail = [collate(b) for b in resumed.iter_batches(batch_size=spec5.batch_size, batch_format="numpy")]
+    assert _same(tail[:8], expected)
