@@ -68,9 +68,19 @@ def test_end_to_end_tiny_model(data, tmp_path):
     assert run.data.metrics["psnr/0-16"] == pytest.approx(metrics["psnr/0-16"])
     arts = {f.path for f in client.list_artifacts(run.info.run_id, "eval/plots")}
     assert "eval/plots/retrieval_by_gap.png" in arts
+    # a checkpoint that names its training run: evaluation logs into that run and leaves it FINISHED;
     # same seed, same figures (the probe is reused from <data>/scene_probe.pt)
-    again = run_evaluation(_cfg(data, tmp_path, out_dir=str(tmp_path / "out2"), mlflow=False))
+    from training.tracking import start_or_resume_run
+
+    uri = f"sqlite:///{out.resolve()}/mlflow.db"
+    train_run = start_or_resume_run(uri, "memvid", "train-x")
+    train_run.end()
+    _checkpoint(tmp_path / "ck", run_id=train_run.run_id)
+    again = run_evaluation(_cfg(data, tmp_path, out_dir=str(tmp_path / "out2"), tracking_uri=uri))
     assert again["psnr/0-16"] == pytest.approx(metrics["psnr/0-16"]) and (data / "scene_probe.pt").exists()
+    run = client.get_run(train_run.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["ssim/0-16"] == pytest.approx(again["ssim/0-16"])
+    assert json.loads((tmp_path / "out2" / "results.json").read_text())["mlflow_run_id"] == train_run.run_id
 
 
 def test_bad_inputs_name_the_field(data, tmp_path):
