@@ -99,3 +99,5 @@ def test_bad_inputs_name_the_field(data, tmp_path):
         run_evaluation(_cfg(data, tmp_path))
     with pytest.raises(SystemExit):
         main(["--sampler", "bogus"])
+    with pytest.raises(ValueError, match="valid labels"):
+        EvalConfig(probe_heads=["rooms"])

@@ -70,6 +70,11 @@ class EvalConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
+        from pipeline.schema import SCENE_LABELS
+
+        bad = [h for h in self.probe_heads if h not in SCENE_LABELS]
+        if bad:
+            raise ValueError(f"--probe-heads {bad}: valid labels are {list(SCENE_LABELS)}")
         for name in ("num_cases", "num_rollout_cases", "num_videos"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 0")
