@@ -15,8 +15,8 @@ report (printed and saved as `<out>/encode_report.json`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ PASSTHROUGH = ("episode_id", "env", "agent", "seed", "episode_index", "fps", "en
                "actions", "poses", "scene", "revisit_gap")
 TENSORS = ("frames", "actions", "poses", "scene", "revisit_gap")
 REPORT = "encode_report.json"
+FAULT_MARKER = ".fault_injected"
 
 
 @dataclass
@@ -47,7 +48,9 @@ class EncodeConfig:
     cpus_per_worker: float = field(0.5, "CPUs per encoder actor; keep it fractional so read tasks keep a CPU")
     batch_size: int = field(4, "episodes per map_batches call")
     address: str = field("", "Ray address: '' starts a local Ray, 'auto' joins a running cluster")
-    fail_after_episodes: int = field(0, "fault injection for tests: an encoder raises after this many episodes (0 = off)")
+    fail_after_episodes: int = field(0, "fault injection for tests: an encoder fails after this many episodes (0 = off)")
+    fail_mode: str = field("raise", "fault injection: raise an exception, or kill the actor process once (exit)",
+                           choices=["raise", "exit"])
 
     def __post_init__(self):
         if self.encoder not in ENCODER_NAMES:
@@ -83,15 +86,21 @@ def encode_batch(batch: dict, encoder) -> dict:
 class EncodeActor:
     """map_batches callable class: builds the encoder once per actor, then encodes batches."""
 
-    def __init__(self, encoder: str, vae_path: str, use_gpu: bool, fail_after_episodes: int = 0):
+    def __init__(self, encoder: str, vae_path: str, use_gpu: bool, fail_after_episodes: int = 0,
+                 fail_mode: str = "raise", fail_marker: str = ""):
         self.encoder = make_encoder(encoder, vae_path or None, "cuda" if use_gpu else "cpu")
-        self.fail_after = fail_after_episodes
+        self.fail_after, self.fail_mode, self.fail_marker = fail_after_episodes, fail_mode, fail_marker
         self.seen = 0
 
     def __call__(self, batch: dict) -> dict:
         self.seen += len(batch["episode_id"])
         if self.fail_after and self.seen > self.fail_after:
-            raise RuntimeError(f"injected failure after {self.fail_after} episodes (--fail-after-episodes)")
+            if self.fail_mode == "raise":
+                raise RuntimeError(f"injected failure after {self.fail_after} episodes (--fail-after-episodes)")
+            marker = Path(self.fail_marker)
+            if not marker.exists():                      # kill once: the restarted actor goes on
+                marker.write_text(f"killed after {self.seen} episodes\n")
+                os._exit(1)
         return encode_batch(batch, self.encoder)
 
 
@@ -172,6 +181,8 @@ class ShardWriter:
 
 
 def _run_local(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None:
+    if cfg.fail_mode == "exit":
+        raise ValueError("--fail-mode exit kills a Ray actor; it needs --backend ray")
     actor = EncodeActor(cfg.encoder, cfg.vae_path, cfg.gpus_per_worker > 0, cfg.fail_after_episodes)
     for path in todo:
         table = pq.read_table(path)
@@ -211,7 +222,9 @@ def _encode_dataset(cfg: EncodeConfig, todo: list[Path]):
     return ds.map_batches(
         EncodeActor, fn_constructor_kwargs=dict(encoder=cfg.encoder, vae_path=cfg.vae_path,
                                                 use_gpu=cfg.gpus_per_worker > 0,
-                                                fail_after_episodes=cfg.fail_after_episodes),
+                                                fail_after_episodes=cfg.fail_after_episodes,
+                                                fail_mode=cfg.fail_mode,
+                                                fail_marker=str(Path(cfg.out_dir).resolve() / FAULT_MARKER)),
         batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.workers),
         num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker or None)
 

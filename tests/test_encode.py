@@ -118,3 +118,20 @@ def test_ray_resume_after_failure_and_quarantine(tmp_path, ray_cluster):
         assert (pq.read_table(out / name, columns=["episode_id"]).column(0).to_pylist()
                 == pq.read_table(src / name, columns=["episode_id"]).column(0).to_pylist())
     assert not any(p.name.startswith(".") for p in os.scandir(out))  # no temp files left
+
+
+@pytest.mark.timeout(180)
+def test_ray_killed_actor_loses_and_duplicates_nothing(tmp_path, ray_cluster):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_synthetic_shards(src, num_shards=3, episodes_per_shard=2, length=4, size=8)
+    cfg = dict(in_dir=str(src), out_dir=str(out), workers=1, batch_size=1)
+    try:  # the actor process dies once mid-run; Ray restarts it and retries, or the run fails and a rerun resumes
+        report = run_encode(EncodeConfig(**cfg, fail_after_episodes=3, fail_mode="exit"))
+    except Exception:
+        report = run_encode(EncodeConfig(**cfg))
+    assert (out / ".fault_injected").exists()                          # the kill did happen
+    assert report["status"] == "ok" and len(Manifest(out).shards) == 3
+    latents, frames = _read_all(out, "latents"), _read_all(src, "frames")
+    assert sorted(latents) == sorted(frames)
+    for eid in frames:
+        assert np.array_equal(make_encoder("identity").decode(latents[eid]), frames[eid])
