@@ -21,17 +21,17 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.cli import field, parse_config, to_json
 from training import checkpoint as ckpt
+from training.train_backends import LocalSession, RaySession, position_index, samples_per_epoch, window_spec
 
 PRESETS = ["tiny", "small", "base", "paper"]
 MEMORY = ["none", "prepend", "concat", "cross_attn"]
@@ -141,11 +141,6 @@ def model_config(cfg: TrainConfig, channels: int, resolution: int):
                        budget=cfg.budget, window=cfg.window)
 
 
-def window_spec(cfg: TrainConfig):
-    from pipeline.windows import WindowSpec
-
-    return WindowSpec(memory_length=cfg.memory_length, window=cfg.window, batch_size=cfg.batch_size, seed=cfg.seed)
-
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
     """Noise generator of one step: derived from (seed, rank, step), so a resumed run draws the same noise."""
@@ -160,142 +155,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# data position: a global sample index g over the concatenated epochs of pipeline.windows' sample order.
-# Stored in the local stream's own state-dict shape ({"epoch": g // n, "index": g % n, ...}, world_size 1), so
-# a checkpoint of either backend resumes on the other. Batches are consecutive runs of B samples of that order,
-# crossing epoch ends, on both backends (Ray Data batches rows of a union of epochs the same way).
-
-
-def samples_per_epoch(cfg: TrainConfig) -> int:
-    from pipeline.windows import epoch_samples, index_shards
-
-    return len(epoch_samples(index_shards(cfg.data_dir), window_spec(cfg), 0))
-
-
-def position_dict(cfg: TrainConfig, g: int, n: int) -> dict:
-    return {"epoch": g // n, "index": g % n, "seed": cfg.seed, "rank": 0, "world_size": 1,
-            "batch_size": cfg.batch_size}
-
-
-def position_index(position: dict | None, n: int) -> int:
-    return 0 if not position else int(position["epoch"]) * n + int(position["index"])
-
-
-def _take(parts: list[dict], size: int) -> tuple[dict, list[dict]]:
-    """First `size` rows of a list of batches (dicts of tensors), and the rest."""
-    joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    rest = {k: v[size:] for k, v in joined.items()}
-    return {k: v[:size] for k, v in joined.items()}, ([rest] if len(rest["x"]) else [])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# where the loop runs: the same calls under Ray Train and alone
-
-
-class LocalSession:
-    """Rank 0 of 1, no Ray: the plain pyarrow window stream and checkpoints in `<run_dir>/local`."""
-
-    rank, world_size = 0, 1
-
-    def __init__(self, cfg: TrainConfig, data_start: int = 0):
-        self.cfg = cfg
-        self.ckpt_root = cfg.run_dir / "local"
-        self.device = torch.device("cuda" if cfg.use_gpu else "cpu")
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.device)
-
-    def resume_state(self) -> dict | None:
-        last = ckpt.latest_checkpoint(self.ckpt_root)
-        return None if last is None else {**ckpt.load_checkpoint(last), "_path": str(last)}
-
-    def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
-        from pipeline.windows import LocalWindowStream
-
-        n, B = samples_per_epoch(self.cfg), self.cfg.batch_size
-        g = position_index(position, n)
-        stream = LocalWindowStream(self.cfg.data_dir, window_spec(self.cfg))
-        stream.load_state_dict(position_dict(self.cfg, g, n))
-        parts: list[dict] = []
-        for part in stream:  # endless over epochs
-            parts.append(part)
-            while sum(len(p["x"]) for p in parts) >= B:
-                batch, parts = _take(parts, B)
-                g += B
-                yield batch, position_dict(self.cfg, g, n)
-
-    def report(self, metrics: dict, state: dict | None, step: int) -> str | None:
-        if state is None:
-            return None
-        folder = self.ckpt_root / ckpt.checkpoint_dir_name(step)
-        ckpt.save_checkpoint(state, folder)
-        ckpt.prune_checkpoints(self.ckpt_root, self.cfg.num_to_keep)
-        return str(folder)
-
-
-class RaySession:
-    """Inside a Ray Train worker: dataset shard, prepare_model (DDP, gloo on CPU), report/get_checkpoint.
-
-    The driver built the dataset from sample `data_start` on (the newest checkpoint's position when it
-    started). A worker group restarted by FailureConfig reads that dataset from its start again, so it skips
-    the batches its checkpoint has already trained on.
-    """
-
-    def __init__(self, cfg: TrainConfig, data_start: int = 0):
-        import ray.train
-        from ray.train.torch import get_device
-
-        self.cfg, self.data_start = cfg, data_start
-        ctx = ray.train.get_context()
-        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = get_device() if cfg.use_gpu else torch.device("cpu")
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        from ray.train.torch import prepare_model
-
-        return prepare_model(model)
-
-    def resume_state(self) -> dict | None:
-        import ray.train
-
-        found = ray.train.get_checkpoint()
-        if found is None:
-            return None
-        with found.as_directory() as folder:
-            return {**ckpt.load_checkpoint(folder), "_path": str(self.cfg.run_dir / Path(found.path).name)}
-
-    def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
-        import ray.train
-
-        from pipeline.windows import collate
-
-        n, per_step = samples_per_epoch(self.cfg), self.cfg.batch_size * self.world_size
-        done = position_index(position, n) - self.data_start
-        if done < 0 or done % per_step:
-            raise RuntimeError(f"checkpoint position {position} is not reachable from the dataset start "
-                               f"{self.data_start} in steps of {per_step} samples; rerun the command to rebuild it")
-        skip = done // per_step
-        shard = ray.train.get_dataset_shard("train")
-        for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.batch_size, collate_fn=collate,
-                                                           drop_last=True)):
-            if i >= skip:
-                yield batch, position_dict(self.cfg, self.data_start + (i + 1) * per_step, n)
-        raise RuntimeError(f"rank {self.rank}: the window dataset ran out after {i + 1} batches")
-
-    def report(self, metrics: dict, state: dict | None, step: int) -> str | None:
-        import ray.train
-
-        if state is None or self.rank != 0:
-            ray.train.report(metrics)
-            return None
-        name = ckpt.checkpoint_dir_name(step)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt.save_checkpoint(state, tmp)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
-        return str(self.cfg.run_dir / name)
 
 
 # --------------------------------------------------------------------------------------------------------------
