@@ -127,11 +127,17 @@ def test_mlflow_run_holds_params_metrics_artifacts(straight):
     assert load_checkpoint(out["checkpoint"])["mlflow_run_id"] == run.info.run_id
 
 
-def test_nan_loss_stops_naming_step_and_last_checkpoint(data, out):
-    cfg = tiny_config(data, out, name="nan", nan_at_step=3, steps=6)
+def test_nan_loss_stops_naming_step_and_last_checkpoint(data, out, straight):
+    from training.tracking import PARENT_TAG, find_run, make_client
+
+    parent = straight[1]["mlflow_run_id"]  # also: a sweep trial's run is a child of the sweep's run
+    cfg = tiny_config(data, out, name="nan", nan_at_step=3, steps=6, parent_run_id=parent)
     with pytest.raises(FloatingPointError, match=r"step 3 .*checkpoint_00000002"):
         run_training(cfg)
     assert load_checkpoint(cfg.run_dir / "local" / "checkpoint_00000002")["step"] == 2
+    client = make_client(cfg.resolved_tracking_uri())
+    run = client.get_run(find_run(client, client.get_experiment_by_name("memvid").experiment_id, "nan"))
+    assert run.info.status == "FAILED" and run.data.tags[PARENT_TAG] == parent
 
 
 def test_bad_config_names_field_and_expected_value(data, tmp_path):

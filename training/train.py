@@ -73,6 +73,7 @@ class TrainConfig:
     max_failures: int = field(2, "Ray Train restarts of the worker group from the last checkpoint")
     tracking_uri: str = field("", "MLflow tracking URI; empty = sqlite:///<abs out-dir>/mlflow.db")
     experiment: str = field("memvid", "MLflow experiment")
+    parent_run_id: str = field("", "MLflow parent run id (a sweep's trial becomes its child run)")
     fail_at_step: int = field(-1, "TEST ONLY: kill the rank-0 worker once after this step (failure injection)")
     nan_at_step: int = field(-1, "TEST ONLY: make the loss NaN at this step")
 
@@ -203,7 +204,8 @@ def train_loop(config: dict) -> dict:
         from training.tracking import start_or_resume_run
 
         tracker = start_or_resume_run(cfg.resolved_tracking_uri(), cfg.experiment, cfg.name, run_id=run_id,
-                                      resume_by_name=True, tags={"stage": "train"})
+                                      resume_by_name=True, tags={"stage": "train"},
+                                      parent_run_id=cfg.parent_run_id or None)
         tracker.log_config(dataclasses.asdict(cfg) | {"model": dataclasses.asdict(mcfg)})
         tracker.set_tags({"checkpoint_dir": cfg.run_dir, "backend": cfg.backend, "num_workers": cfg.num_workers})
         run_id = tracker.run_id
