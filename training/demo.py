@@ -40,7 +40,7 @@ class DemoConfig:
     length: int = field(300, "frames per episode")
     resolution: int = field(16, "frame size in pixels (square); 32 costs ~5x per step (spatial attention)")
     maze_size: int = field(9, "maze grid size in cells (odd)")
-    memory: str = field("prepend", "memory structure of the denoiser")
+    memory: str = field("prepend", "memory structure of the denoiser", choices=["none", "prepend", "concat", "cross_attn"])
     memory_length: int = field(16, "memory frames m")
     window: int = field(8, "current window w")
     batch_size: int = field(8, "clips per training step")
