@@ -13,7 +13,7 @@ from training.demo import STAGES, DemoConfig, run_demo, summary
 @pytest.mark.timeout(300)
 def test_quick_demo_runs_every_stage_and_resumes(ray_cluster, tmp_path, capsys):
     cfg = DemoConfig(quick=True, out=str(tmp_path / "demo"))
-    assert cfg.resolution == 16 and cfg.train_steps == 12  # --quick sizes
+    assert cfg.episodes == 4 and cfg.train_steps == 12  # --quick sizes
     done = run_demo(cfg)
     assert list(done) == list(STAGES)
     # training: the checkpoint holds the last step and the MLflow run id
