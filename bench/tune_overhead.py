@@ -31,7 +31,7 @@ def run(trainable, param_space, concurrent, storage):
     from ray import tune
 
     tuner = tune.Tuner(tune.with_resources(trainable, {"CPU": 0.25}), param_space=param_space,
-                       tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+                       tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
                        run_config=tune.RunConfig(storage_path=storage, name=f"b{time.time_ns()}", verbose=0))
     t0 = time.perf_counter()
     grid = tuner.fit()

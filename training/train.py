@@ -338,15 +338,14 @@ def run_training(cfg: TrainConfig) -> dict:
 
 
 def window_dataset_from(cfg: TrainConfig, start: int, num_samples: int):
-    """Ray Data rows of samples start .. start+num_samples (at least) of the global order: a union of epochs."""
+    """Ray Data rows of samples start .. start+num_samples (at least) of the global order, as one ordered dataset
+    over the epochs it spans (not a union of one-epoch datasets: union interleaves blocks and breaks the order)."""
     from pipeline.windows import ray_window_dataset
 
-    n, parts, g = samples_per_epoch(cfg), [], start
-    while g < start + num_samples or not parts:
-        epoch, index = divmod(g, n)
-        parts.append(ray_window_dataset(cfg.data_dir, window_spec(cfg), epoch=epoch, start=index))
-        g += n - index
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    n = samples_per_epoch(cfg)
+    epoch, index = divmod(start, n)
+    num_epochs = -(-(index + num_samples) // n)  # ceil: epochs needed from `epoch` to cover the samples
+    return ray_window_dataset(cfg.data_dir, window_spec(cfg), epoch=epoch, start=index, num_epochs=max(1, num_epochs))
 
 
 def _fit_with_ray(cfg: TrainConfig, config: dict, state: dict | None) -> dict:

@@ -28,7 +28,7 @@ def window_spec(cfg: TrainConfig):
 # data position: a global sample index g over the concatenated epochs of pipeline.windows' sample order.
 # Stored in the local stream's own state-dict shape ({"epoch": g // n, "index": g % n, ...}, world_size 1), so
 # a checkpoint of either backend resumes on the other. Batches are consecutive runs of B samples of that order,
-# crossing epoch ends, on both backends (Ray Data batches rows of a union of epochs the same way).
+# crossing epoch ends, on both backends (the Ray dataset spans the epochs in order: windows.ray_window_dataset num_epochs).
 
 
 def samples_per_epoch(cfg: TrainConfig) -> int:
