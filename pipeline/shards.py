@@ -50,8 +50,15 @@ def write_shard(table: pa.Table, path: Path, kind: str = "frames", zstd_level: i
     if problems:
         raise SchemaError(f"{path}: refusing to write an invalid shard: " + "; ".join(map(str, problems)))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    # One row group per shard: rows are whole episodes and readers read whole shards.
-    pq.write_table(table, tmp, compression="zstd", compression_level=zstd_level, row_group_size=max(1, table.num_rows))
+    # One row group per shard: rows are whole episodes and readers read whole shards. Tensor columns are stored as
+    # Parquet lists whose leaves widen to int32 (uint8/int16) or stay float; dictionary encoding of those leaves
+    # cost ~75% of the write time. BYTE_STREAM_SPLIT (zero high bytes of widened uint8 compress to nothing)
+    # measured 1.9x faster to write and 16% smaller than the default on maze frames (bench/collect.py).
+    tensors = [f.name for f in table.schema if isinstance(f.type, pa.FixedShapeTensorType)]
+    scalars = [f.name for f in table.schema if f.name not in tensors]
+    pq.write_table(table, tmp, compression="zstd", compression_level=zstd_level, row_group_size=max(1, table.num_rows),
+                   use_dictionary=scalars, write_statistics=scalars,
+                   column_encoding={f"{name}.list.element": "BYTE_STREAM_SPLIT" for name in tensors})
     meta = pq.read_metadata(tmp)
     if meta.num_rows != table.num_rows:
         tmp.unlink(missing_ok=True)
