@@ -153,7 +153,7 @@ def _targets(fault: dict | None, shard: int, episode: int) -> bool:
 def _inject_fault(fault: dict | None, shard: int, episode: int, attempt: int) -> None:
     """Test hook (run_collect(..., fault=...)): fail on a chosen shard/episode. modes: exit (kill the worker
     process, every attempt), raise, hang; `attempts` = how many attempts fail; `timeout_sec` overrides
-    --episode-timeout-sec for that episode."""
+    --episode-timeout-sec on the faulty attempts."""
     if not _targets(fault, shard, episode):
         return
     if fault["mode"] == "exit":
@@ -170,7 +170,9 @@ def render_episode(cfg: CollectConfig, index: int, attempt: int = 0, fault: dict
     from envs.rollout import rollout
 
     shard = index // cfg.episodes_per_shard
-    timeout = fault.get("timeout_sec", cfg.episode_timeout_sec) if _targets(fault, shard, index) else cfg.episode_timeout_sec
+    faulty = _targets(fault, shard, index) and attempt < fault.get("attempts", 1 << 30)
+    # The short test timeout applies to the faulty attempts only: a retry may pay a cold env start (textures).
+    timeout = fault.get("timeout_sec", cfg.episode_timeout_sec) if faulty else cfg.episode_timeout_sec
     rng = np.random.default_rng([cfg.seed, index])
     with _deadline(timeout):
         _inject_fault(fault, shard, index, attempt)
