@@ -132,7 +132,7 @@ class RaySession:
     def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
         import ray.train
 
-        from pipeline.windows import collate
+        from pipeline.windows import ray_collate_fn
 
         n, per_step = samples_per_epoch(self.cfg), self.cfg.batch_size * self.world_size
         done = position_index(position, n) - self.data_start
@@ -141,7 +141,7 @@ class RaySession:
                                f"{self.data_start} in steps of {per_step} samples; rerun the command to rebuild it")
         skip = done // per_step
         shard = ray.train.get_dataset_shard("train")
-        for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.batch_size, collate_fn=collate,
+        for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.batch_size, collate_fn=ray_collate_fn(),
                                                            drop_last=True)):
             if i >= skip:
                 yield batch, position_dict(self.cfg, self.data_start + (i + 1) * per_step, n)
