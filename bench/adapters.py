@@ -84,7 +84,7 @@ class NullLab:
 def adapter_overhead_dmlab(steps: int, repeats: int, resolution: int) -> float:
     """Seconds per step the adapter adds on top of the engine calls (NullLab engine, so no noise from rendering)."""
     import tests.fake_deepmind_lab as fake
-    from envs.dmlab import OBSERVATIONS, DMLabEnv
+    from envs.dmlab import DMLabEnv
 
     env = DMLabEnv(resolution=resolution, lab_module=fake.__name__)
     env.reset(seed=1)

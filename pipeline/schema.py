@@ -22,7 +22,6 @@ Columns (T frames per episode, S scene labels per frame):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -42,7 +41,7 @@ SCALAR_COLUMNS: dict[str, pa.DataType] = {
     "fps": pa.float32(),
     "env_config": pa.string(),
 }
-# name -> (numpy dtype, number of per-frame dims after T, or None when checked elsewhere)
+# tensor column -> numpy dtype of its elements (shapes are checked in _check_shapes)
 TENSOR_COLUMNS: dict[str, np.dtype] = {
     "frames": np.dtype(np.uint8),
     "latents": np.dtype(np.float16),
@@ -154,12 +153,3 @@ def _check_shapes(shapes: dict[str, list[int]], kind: str) -> list[Issue]:
     if len(set(lengths.values())) > 1:
         issues.append(Issue("frames", f"columns disagree on the number of frames T: {lengths}"))
     return issues
-
-
-def num_frames(schema: pa.Schema) -> int:
-    """T of a valid shard schema."""
-    return int(schema.field("actions").type.shape[0])
-
-
-def env_config(row_json: str) -> dict:
-    return json.loads(row_json)

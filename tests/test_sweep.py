@@ -3,7 +3,6 @@
 Tiny real objects: synthetic revisit episodes encoded with the identity encoder, the `tiny` denoiser on 8x8
 frames, a few training steps per trial, the scene probe trained for a few steps.
 """
-import json
 import os
 import signal
 import subprocess

@@ -29,7 +29,7 @@ def _fmt(x) -> str:
 def results_markdown(results: dict) -> str:
     """Paper Table 1 / 2 / 3 layouts for one model."""
     m, mc = results["metrics"], results["model_config"]
-    head = (f"| Structure | Context length | Compression | Budget | " + " | ".join(M.GAP_BINS) + " | cases |\n"
+    head = ("| Structure | Context length | Compression | Budget | " + " | ".join(M.GAP_BINS) + " | cases |\n"
             "|---|---|---|---|" + "---|" * (len(M.GAP_BINS) + 1) + "\n")
     budget = mc["budget"] if mc["compression"] != "none" else "N/A"
     row = f"| {mc['memory']} | {mc['memory_length']} | {mc['compression']} | {budget} | "

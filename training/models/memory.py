@@ -20,7 +20,6 @@ actions[t-1] (for t = 0 the last valid memory action, else the start token; memo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .compression import Compressor
