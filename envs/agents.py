@@ -176,6 +176,27 @@ def revisit_gaps(rooms: np.ndarray, ignore: tuple = ()) -> np.ndarray:
     return gaps
 
 
+def exact_revisit_sources(poses: np.ndarray, atol: float = 1e-5) -> np.ndarray:
+    """(T,5) poses -> (T,) int64: for each frame t, the latest earlier frame t' whose pose equals pose t (every
+    component within `atol`) with at least one frame of another pose between them (so standing still is not a
+    revisit); -1 where there is none. In the maze a frame's pixels are a function of its pose, so frame t is
+    pixel-identical to frame t' (an *exact revisit*, gap t - t'): SSIM/PSNR against it are valid judges."""
+    poses = np.asarray(poses, dtype=np.float64)
+    keys = np.round(poses / atol).astype(np.int64)
+    sources = np.full(len(poses), -1, np.int64)
+    last: dict[tuple, int] = {}   # pose key -> last frame showing it
+    run_start = 0                 # first frame of the current run of identical poses
+    for t in range(len(poses)):
+        key = tuple(keys[t])
+        if t > 0 and key != tuple(keys[t - 1]):
+            run_start = t
+        prev = last.get(key, -1)
+        if 0 <= prev < run_start:
+            sources[t] = prev
+        last[key] = t
+    return sources
+
+
 class RevisitAgent:
     """Loop closure for memory tests (paper Sec. 5, Fig. 6): walk into a room, look around, leave it, come back
     after a gap drawn from GAP_BINS (bins taken in shuffled rounds, so episodes cover all three), stay a few
