@@ -51,11 +51,18 @@ def test_fused_snr_weights_follow_diffusion_forcing():
     snr = d.snr(k)[0]
     # first frame: nothing accumulated, so the fused weight is the min-SNR v weight min(snr, 5) / (snr + 1)
     assert torch.allclose(w[0, 0], (snr[0].clamp(max=5) / (snr[0] + 1)).float())
-    # second frame by hand: c = (1 - 0.96) * min(snr_0, 5)/5, fused = 1 - (1 - 0.96 c)(1 - snr_1/5)
-    c = 0.04 * min(float(snr[0]), 5.0) / 5
-    nc, n = min(float(snr[1]), 5.0) / 5, float(snr[1]) / 5
-    want = 5 * (1 - (1 - 0.96 * c) * (1 - nc)) / (5 * (1 - (1 - 0.96 * c) * (1 - n)) + 1)
-    assert abs(float(w[0, 1]) - want) < 1e-5
+    # frames 1 and 2 by hand, with diffusion forcing's running mean that STARTS at the first frame's value:
+    # c_0 = min(snr_0, 5)/5, c_1 = 0.96 c_0 + 0.04 min(snr_1, 5)/5; frame t uses c_{t-1}:
+    # fused_t = 1 - (1 - 0.96 c_{t-1})(1 - snr_t/5), w_t = 5 clipped_fused_t / (5 fused_t + 1)
+    def by_hand(c, t):
+        nc, n = min(float(snr[t]), 5.0) / 5, float(snr[t]) / 5
+        return 5 * (1 - (1 - 0.96 * c) * (1 - nc)) / (5 * (1 - (1 - 0.96 * c) * (1 - n)) + 1)
+
+    c0 = min(float(snr[0]), 5.0) / 5
+    c1 = 0.96 * c0 + 0.04 * min(float(snr[1]), 5.0) / 5
+    assert abs(float(w[0, 1]) - by_hand(c0, 1)) < 1e-5
+    assert abs(float(w[0, 2]) - by_hand(c1, 2)) < 1e-5
+    assert abs(float(w[0, 1]) - by_hand(0.04 * c0, 1)) > 1e-3  # the zero-started mean would give another weight
     # shifted by one frame: a frame's weight depends on earlier frames' levels, never on its successors'
     k2 = k.clone()
     k2[0, 2] = 5

@@ -133,7 +133,8 @@ class Diffusion:
         fused SNR (diffusion forcing, `compute_loss_weights`; paper App. J, decay 0.96): a frame's SNR is
         fused with the SNR accumulated over the frames before it, because earlier noisier frames make the
         current one harder to predict. With n_t = min(snr_t, gamma)/gamma,
-            c_t = decay * c_{t-1} + (1 - decay) * n_t,   c_{-1} = 0,
+            c_0 = n_0,   c_t = decay * c_{t-1} + (1 - decay) * n_t   (the running mean starts AT the first
+        frame's value, as diffusion forcing's code does; starting from 0 changed the weights by 14-34%),
         shifted by one frame (frame t uses c_{t-1}, frame 0 uses 0), then
             fused_t = 1 - (1 - decay * c_{t-1}) (1 - snr_t / gamma)     (and its clipped twin with n_t),
             w_t = gamma * clipped_fused_t / (gamma * fused_t + 1).
@@ -147,9 +148,9 @@ class Diffusion:
         norm_clipped = clipped / gamma
         norm = snr / gamma
         cum = torch.zeros_like(norm_clipped)
-        run = torch.zeros_like(norm_clipped[:, 0])
-        for t in range(k.shape[1]):  # (B,T): time is dim 1
-            cum[:, t] = run  # shifted by one frame
+        run = norm_clipped[:, 0]  # c_0 = n_0
+        for t in range(1, k.shape[1]):  # (B,T): time is dim 1
+            cum[:, t] = run  # shifted by one frame: frame t uses c_{t-1}, frame 0 uses 0
             run = self.cum_snr_decay * run + (1 - self.cum_snr_decay) * norm_clipped[:, t]
         fused_clipped = 1 - (1 - cum * self.cum_snr_decay) * (1 - norm_clipped)
         fused = 1 - (1 - cum * self.cum_snr_decay) * (1 - norm)
