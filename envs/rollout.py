@@ -17,7 +17,7 @@ from envs import ENV_NAMES, make_env
 
 # env name -> agent names rollout accepts. The maze's agents are in envs/agents.py; the engines' (dmlab, minecraft)
 # in envs/engine_agents.py, whose rollout_engine() plays those episodes (imported only when asked for).
-AGENTS: dict[str, tuple[str, ...]] = {"maze": ("explore", "revisit"), "dmlab": ("explore",),
+AGENTS: dict[str, tuple[str, ...]] = {"maze": ("explore", "revisit", "lookback"), "dmlab": ("explore",),
                                       "minecraft": ("explore",)}
 DEFAULT_FPS = 30.0  # TECO's DMLab data is recorded at 30 fps
 
@@ -30,9 +30,9 @@ def make_agent(env_name: str, agent: str, rng: np.random.Generator, settings: di
         raise ValueError(f"unknown agent {agent!r} for env {env_name!r}; valid agents: {', '.join(AGENTS[env_name])}")
     if env_name != "maze":
         return importlib.import_module("envs.engine_agents").make_agent(env_name, agent, rng, **settings)
-    from envs.agents import ExploreAgent, RevisitAgent
+    from envs.agents import ExploreAgent, LookbackAgent, RevisitAgent
 
-    cls = {"explore": ExploreAgent, "revisit": RevisitAgent}[agent]
+    cls = {"explore": ExploreAgent, "revisit": RevisitAgent, "lookback": LookbackAgent}[agent]
     try:
         return cls(rng, **settings)
     except TypeError as e:

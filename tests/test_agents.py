@@ -1,12 +1,16 @@
-"""Maze agents and rollout: the rollout contract, replay, exploration coverage, revisit gaps (no Ray)."""
+"""Maze agents and rollout: the rollout contract, replay, exploration coverage, revisit gaps, exact revisits
+(no Ray)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from envs import make_env
-from envs.agents import GAP_BINS, ExploreAgent, RevisitAgent, revisit_gaps
+from envs.agents import GAP_BINS, ExploreAgent, LookbackAgent, RevisitAgent, exact_revisit_sources, revisit_gaps
 from envs.rollout import AGENTS, rollout
+from pipeline.collect import CollectConfig, render_shard
+from pipeline.schema import to_numpy
+from pipeline.shards import read_shard
 
 
 def test_rollout_contract_and_replay():
@@ -40,8 +44,8 @@ def test_rollout_is_deterministic_in_its_rng():
 
 
 def test_rollout_rejects_bad_names():
-    assert AGENTS["maze"] == ("explore", "revisit")
-    with pytest.raises(ValueError, match="explore, revisit"):
+    assert AGENTS["maze"] == ("explore", "revisit", "lookback")
+    with pytest.raises(ValueError, match="explore, revisit, lookback"):
         rollout("maze", {}, "wander", {}, 10, np.random.default_rng(0))
     with pytest.raises(ValueError, match="maze, dmlab, minecraft"):
         rollout("quake", {}, "explore", {}, 10, np.random.default_rng(0))
@@ -103,3 +107,71 @@ def test_revisit_agent_returns_within_the_drawn_bin():
             cycles += 1
     assert bins_hit == {0, 1, 2}
     assert cycles >= 6 and revisit_frames >= 150
+
+
+EXACT_BINS = ((2, 16), (16, 48), (48, 112))  # exact-revisit gaps: 2 is the shortest (look aside and back)
+
+
+def play_lookback(seed: int, length: int = 300, res: int = 32):
+    env = make_env("maze", height=res, width=res)
+    obs, info = env.reset(seed=seed)
+    agent = LookbackAgent(np.random.default_rng(seed))
+    agent.reset(info, env.config)
+    frames, poses, scene = [], [], []
+    for _ in range(length):
+        frames.append(obs["rgb"])
+        poses.append(info["pose"])
+        scene.append(info["scene"])
+        obs, _, _, _, info = env.step(agent.act(obs, info))
+    return agent, np.stack(frames), np.stack(poses), np.stack(scene)
+
+
+def test_lookback_revisits_are_pixel_exact_and_fill_every_bin():
+    frames_per_bin, returns_per_bin = np.zeros(3, int), np.zeros(3, int)
+    for seed in range(3):
+        agent, frames, poses, scene = play_lookback(seed)
+        sources = exact_revisit_sources(poses)
+        revisits = np.nonzero(sources >= 0)[0]
+        for t in revisits:  # same pose, same pixels: SSIM/PSNR against the source frame are valid judges
+            assert np.array_equal(frames[t], frames[sources[t]]), (seed, t, sources[t])
+        gaps = revisits - sources[revisits]
+        frames_per_bin += [int(((gaps >= lo) & (gaps < hi)).sum()) for lo, hi in EXACT_BINS]
+        for e in agent.excursions:  # each return comes back to the pose it left, after the drawn time away
+            assert "missed_at" not in e and e["gap"] == e["target_gap"]
+            assert sources[e["back_at"]] == e["start"]
+            lo, hi = GAP_BINS[e["bin"]]
+            assert lo <= e["gap"] < hi
+            returns_per_bin[e["bin"]] += 1
+        assert sum(e["walked"] > 0 for e in agent.excursions) >= 2  # not only turning on the spot
+        assert (agent.revisit_gaps(scene) >= 0).sum() >= 20  # and rooms are revisited, as by the revisit agent
+    assert (returns_per_bin >= 2).all() and (frames_per_bin >= 20).all(), (returns_per_bin, frames_per_bin)
+
+
+def test_lookback_is_deterministic_in_its_rng():
+    a, b, c = (rollout("maze", {"height": 16, "width": 16}, "lookback", {}, 120, np.random.default_rng(seed))
+               for seed in ([3, 0], [3, 0], [3, 1]))
+    for k in ("frames", "actions", "poses", "scene", "revisit_gap"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["frames"], c["frames"]) and not np.array_equal(a["actions"], c["actions"])
+
+
+@pytest.mark.parametrize("setting", [{"excursions_per_room": (0, 2)}, {"hold_turns": (3, 1)}, {"pan_prob": 1.5},
+                                     {"max_walk_steps": -1}])
+def test_lookback_bad_setting_is_named(setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        rollout("maze", {"height": 16, "width": 16}, "lookback", setting, 10, np.random.default_rng(0))
+
+
+def test_collect_worker_writes_lookback_shards(tmp_path):
+    cfg = CollectConfig(agent="lookback", episodes=1, length=300, resolution=16, episodes_per_shard=1,
+                        out=str(tmp_path), max_retries=0)
+    result = render_shard(cfg, 0)  # the body of collect's Ray task, run here without Ray
+    assert result["entry"] is not None and result["failures"] == []
+    table = read_shard(tmp_path / "shard-00000.parquet")
+    assert table.column("agent").to_pylist() == ["lookback"]
+    assert (to_numpy(table, "revisit_gap")[0] >= 0).sum() >= 20  # room revisits
+    sources = exact_revisit_sources(to_numpy(table, "poses")[0])
+    frames = to_numpy(table, "frames")[0]
+    revisits = np.nonzero(sources >= 0)[0]
+    assert len(revisits) >= 50
+    assert all(np.array_equal(frames[t], frames[sources[t]]) for t in revisits)
