@@ -6,6 +6,8 @@
     state = stream.state_dict(); stream.load_state_dict(state) # resume: the next batches are the ones that would come
     ds = ray_window_dataset("data/maze", spec, epoch=0, start=0, num_epochs=2)  # same rows with Ray Data
     for batch in ds.iter_torch_batches(batch_size=spec.batch_size, collate_fn=ray_collate_fn()): ...
+    spec = WindowSpec(16, 8, 4, seed=0, revisit_share=0.5, memory_dropout=0.5)  # train on revisits, short memories
+    reach_stats("data/maze", spec)            # {"in_reach": share of windows with a revisit's source in memory, ...}
 
 Sampling (one function, `epoch_samples`, serves both paths). For epoch e a generator default_rng([seed, e])
 permutes the shards, and within each shard draws `samples_per_episode` window offsets t0 per episode uniformly
@@ -15,12 +17,27 @@ no samples and are counted in `num_skipped_episodes`. Shards are visited one at 
 big dataset never sits in memory at once. Rank r of world_size takes every world_size-th sample of the epoch
 list (truncated to a multiple of world_size, so every rank gets the same number of batches).
 
+Two options make training see what evaluation asks (both 0 by default: the sampling above, unchanged):
+- `revisit_share` s: ceil(s * n) of a shard's n samples are replaced by windows that put a revisit in reach: a
+  revisit frame t (room: src = t - revisit_gap[t]; exact: src = the latest earlier frame of the same pose) lies
+  in the window [t0, t0 + w) and its source src in the memory [t0 - m, t0). A candidate (row, t, src) is drawn
+  uniformly from the shard's candidates, then t0 uniformly among the offsets (in the range above) that reach
+  it. Shards without candidates keep ordinary windows. Only the small revisit_gap and poses columns are read.
+- `memory_dropout` p: ceil(p * N) of the epoch's N samples keep only their last k memory frames, k uniform in
+  1..m; the cut frames are padding exactly like left padding (zeros, mem_mask False). So one model trains, and
+  can be evaluated in distribution, at every memory length up to m.
+The sample count does not depend on either share, so positions (epoch, index) and samples_per_epoch do not.
+`reach_stats` measures the share of an epoch's windows with a revisit in reach.
+
 Batch (collate): mem_x float32 (B,M,C,H,W), mem_actions int64 (B,M), mem_mask bool (B,M), x float32 (B,w,C,H,W),
 actions int64 (B,w). Pixel shards become frames/127.5 - 1; latent shards are used as stored (already scaled).
 Rows travel in their stored dtype (uint8 frames or float16 latents) and are converted in collate.
 """
 from __future__ import annotations
 
+import functools
+import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +59,16 @@ class WindowSpec:
     batch_size: int             # samples per batch
     seed: int                   # sample offsets come from default_rng([seed, epoch])
     samples_per_episode: int = 0  # windows drawn per episode per epoch; 0 = T // w
+    revisit_share: float = 0.0  # share of samples placed so a revisit's source lies in the memory (module docstring)
+    memory_dropout: float = 0.0  # share of samples whose memory keeps only its last k frames, k uniform in 1..m
 
     def __post_init__(self):
         if self.memory_length < 0 or self.window < 1 or self.batch_size < 1:
             raise ValueError(f"WindowSpec needs memory_length >= 0, window >= 1, batch_size >= 1; got {self}")
+        for name in ("revisit_share", "memory_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # also refuses NaN
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) {value}: expected a share in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -74,7 +97,8 @@ def index_shards(data_dir: str | Path) -> list[ShardInfo]:
 
 
 def epoch_samples(shards: list[ShardInfo], spec: WindowSpec, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """(N, 3) int64 rows [shard index, row, t0] of this rank's samples in epoch order."""
+    """(N, 4) int64 rows [shard index, row, t0, keep] of this rank's samples in epoch order; keep = memory frames
+    kept (m unless memory dropout cut them). N does not depend on revisit_share or memory_dropout."""
     rng = np.random.default_rng([spec.seed, epoch])
     m, w = spec.memory_length, spec.window
     parts = []
@@ -85,11 +109,106 @@ def epoch_samples(shards: list[ShardInfo], spec: WindowSpec, epoch: int, rank: i
         k = spec.samples_per_episode or max(1, info.length // w)
         rows = np.repeat(np.arange(info.num_rows), k)
         t0 = rng.integers(min(m, info.length - w), info.length - w + 1, size=len(rows))
+        if spec.revisit_share > 0:  # no extra draws when off: today's order, so old runs resume on the same data
+            rows, t0 = _place_revisits(rng, info, spec, rows, t0)
         part = np.stack([np.full(len(rows), si), rows, t0], 1)
         parts.append(part[rng.permutation(len(rows))])
     samples = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
+    keep = np.full(len(samples), m)
+    if spec.memory_dropout > 0 and m > 0:
+        cut = rng.permutation(len(samples))[:_share_count(spec.memory_dropout, len(samples))]
+        keep[cut] = rng.integers(1, m + 1, size=len(cut))
+    samples = np.concatenate([samples, keep[:, None]], 1)
     samples = samples[: len(samples) - len(samples) % world_size]
     return samples[rank::world_size].astype(np.int64)
+
+
+def _share_count(share: float, n: int) -> int:
+    """Samples of n that make up `share` (rounded up, so the share is at least met; 1e-9 absorbs float noise)."""
+    return min(n, math.ceil(share * n - 1e-9))
+
+
+def _place_revisits(rng: np.random.Generator, info: ShardInfo, spec: WindowSpec, rows: np.ndarray,
+                    t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Replace ceil(revisit_share * n) of a shard's n ordinary samples (rows, t0) by windows with a revisit in
+    reach: candidate (row, t, src) uniform over the shard's reachable ones, then t0 uniform over its reach."""
+    cands = revisit_candidates(info)
+    lo, hi = _reach_bounds(cands, info.length, spec.memory_length, spec.window)
+    reachable = lo <= hi
+    cands, lo, hi = cands[reachable], lo[reachable], hi[reachable]
+    n = _share_count(spec.revisit_share, len(rows))
+    if not len(cands) or not n:
+        return rows, t0
+    pick = rng.integers(len(cands), size=n)
+    at = rng.choice(len(rows), size=n, replace=False)  # which ordinary samples give way
+    rows, t0 = rows.copy(), t0.copy()
+    rows[at], t0[at] = cands[pick, 0], rng.integers(lo[pick], hi[pick] + 1)
+    return rows, t0
+
+
+def _reach_bounds(cands: np.ndarray, length: int, m: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last t0 (inclusive) that put each candidate (K,4) in reach: t in the window [t0, t0 + w), src in
+    the memory [t0 - m, t0), and t0 in the ordinary range [min(m, T - w), T - w]. Empty where lo > hi."""
+    t, src = cands[:, 1], cands[:, 2]
+    lo = np.maximum(np.maximum(t - w + 1, src + 1), min(m, length - w))
+    hi = np.minimum(np.minimum(t, src + m), length - w)
+    return lo, hi
+
+
+def revisit_candidates(info: ShardInfo) -> np.ndarray:
+    """(K, 4) int64 rows [row, t, src, kind], one per distinct (row, t, src): frame t of episode `row` revisits
+    what frame src < t showed. kind 1 = room revisit (src = t - revisit_gap[t]), 2 = exact revisit (same pose:
+    envs.agents.exact_revisit_sources), 3 = both. Read-only, cached per file version; reads only the
+    revisit_gap and poses columns."""
+    stat = os.stat(info.path)
+    return _read_candidates(info.path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_candidates(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    from envs.agents import exact_revisit_sources
+
+    table = pq.read_table(path, columns=["revisit_gap", "poses"])
+    gaps, poses = to_numpy(table, "revisit_gap"), to_numpy(table, "poses")    # (N,T), (N,T,5)
+    parts = [np.zeros((0, 4), np.int64)]
+    for row in range(len(gaps)):
+        frames = np.arange(gaps.shape[1])
+        room = np.where(gaps[row] >= 0, frames - gaps[row], -1)
+        for kind, src in ((1, room), (2, exact_revisit_sources(poses[row]))):
+            t = np.flatnonzero((src >= 0) & (src < frames))
+            parts.append(np.stack([np.full(len(t), row), t, src[t], np.full(len(t), kind)], 1).astype(np.int64))
+    cands = np.concatenate(parts)
+    cands = cands[np.lexsort((cands[:, 2], cands[:, 1], cands[:, 0]))]
+    first = np.flatnonzero(np.r_[True, (np.diff(cands[:, :3], axis=0) != 0).any(1)])[: len(cands)]
+    out = cands[first]
+    if len(cands):  # a frame both a room and an exact revisit of the same source: one candidate, kind 3
+        out[:, 3] = np.bitwise_or.reduceat(cands[:, 3], first)
+    out.flags.writeable = False
+    return out
+
+
+def reach_stats(data_dir: str | Path, spec: WindowSpec, epoch: int = 0) -> dict:
+    """Shares of one epoch's samples (rank 0 of 1) with a revisit in reach: frame t in the window [t0, t0 + w)
+    whose source src lies in the memory [t0 - m, t0). Keys: num_samples; in_reach (any revisit), in_reach_room,
+    in_reach_exact; in_reach_kept (src also among the frames memory dropout kept: t0 - keep <= src);
+    memory_cut (share with keep < m); mean_keep (frames)."""
+    shards = index_shards(data_dir)
+    samples = epoch_samples(shards, spec, epoch)
+    m, w = spec.memory_length, spec.window
+    hits = np.zeros((len(samples), 4), bool)  # room, exact, any, kept
+    for si in np.unique(samples[:, 0]):
+        cands = revisit_candidates(shards[si])
+        starts = np.searchsorted(cands[:, 0], np.arange(shards[si].num_rows + 1))
+        for i in np.flatnonzero(samples[:, 0] == si):
+            _, row, t0, keep = samples[i]
+            c = cands[starts[row]:starts[row + 1]]
+            near = (t0 <= c[:, 1]) & (c[:, 1] < t0 + w) & (t0 - m <= c[:, 2]) & (c[:, 2] < t0)
+            hits[i] = [(c[near, 3] & 1).any(), (c[near, 3] & 2).any(), near.any(), (c[near, 2] >= t0 - keep).any()]
+    share = hits.mean(0) if len(samples) else np.zeros(4)
+    return {"num_samples": len(samples), "in_reach": float(share[2]), "in_reach_room": float(share[0]),
+            "in_reach_exact": float(share[1]), "in_reach_kept": float(share[3]),
+            "memory_cut": float((samples[:, 3] < m).mean()) if len(samples) else 0.0,
+            "mean_keep": float(samples[:, 3].mean()) if len(samples) else 0.0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,8 +234,9 @@ class ShardCache:
 
 
 def make_windows(shards: list[ShardInfo], samples: np.ndarray, spec: WindowSpec, cache: ShardCache) -> dict:
-    """Rows for `samples` (N,3) in order: dict of numpy, data in stored dtype (see the module docstring)."""
+    """Rows for `samples` (N,4) in order: dict of numpy, data in stored dtype (see the module docstring)."""
     m, w = spec.memory_length, spec.window
+    assert samples.shape[1] == 4, "samples are epoch_samples rows [shard, row, t0, keep]"
     out: dict[str, list] = {k: [] for k in BATCH_KEYS}
     bounds = np.flatnonzero(np.diff(samples[:, 0])) + 1
     for run in np.split(samples, bounds):              # consecutive samples of one shard
@@ -125,6 +245,7 @@ def make_windows(shards: list[ShardInfo], samples: np.ndarray, spec: WindowSpec,
         data, actions = cache.get(shards[run[0, 0]])
         idx = run[:, 2:3] + np.arange(-m, w)[None]     # (n, m+w) frame indices, negative = padding
         valid = idx >= 0
+        valid[:, :m] &= np.arange(m)[None] >= m - run[:, 3:4]  # memory dropout: the first m - keep are padding
         safe = np.maximum(idx, 0)
         frames = data[run[:, 1:2], safe]               # (n, m+w, *frame)
         acts = np.where(valid, actions[run[:, 1:2], safe], 0)
@@ -219,13 +340,18 @@ class LocalWindowStream:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.spec.seed, "rank": self.rank,
-                "world_size": self.world_size, "batch_size": self.spec.batch_size}
+                "world_size": self.world_size, "batch_size": self.spec.batch_size,
+                "revisit_share": self.spec.revisit_share, "memory_dropout": self.spec.memory_dropout}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "rank", "world_size"):
-            if state[key] != getattr(self.spec if key == "seed" else self, key):
-                raise ValueError(f"window stream state has {key}={state[key]}, this stream has "
-                                 f"{getattr(self.spec if key == 'seed' else self, key)}; resume with the same settings")
+        """Continue from `state`; the sampling settings must match (the shares only where the state has them)."""
+        for key in ("seed", "rank", "world_size", "revisit_share", "memory_dropout"):
+            if key in ("revisit_share", "memory_dropout") and key not in state:
+                continue                               # a state written before these options existed
+            mine = getattr(self if key in ("rank", "world_size") else self.spec, key)
+            if state[key] != mine:
+                raise ValueError(f"window stream state has {key}={state[key]}, this stream has {mine}; "
+                                 f"resume with the same settings")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 

@@ -158,6 +158,21 @@ def test_checkpoint_of_another_config_is_refused(data, straight):
         run_training(other)
 
 
+def test_checkpoint_of_other_window_sampling_is_refused(straight):
+    from training.checkpoint import check_compatible
+
+    cfg, _ = straight  # trained with the defaults: --revisit-share 0.5 --memory-dropout 0.5
+    with pytest.raises(ValueError, match=r"trained with --revisit-share 0.5, this command has 0.0"):
+        run_training(dataclasses.replace(cfg, revisit_share=0.0, steps=6))
+    with pytest.raises(ValueError, match=r"trained with --memory-dropout 0.5, this command has 0.25"):
+        run_training(dataclasses.replace(cfg, memory_dropout=0.25, steps=6))
+    # a checkpoint written before the two fields existed was trained on uniform windows with full memory
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("revisit_share", "memory_dropout")}
+    with pytest.raises(ValueError, match=r"trained with --revisit-share 0.0, this command has 0.5"):
+        check_compatible(old, dataclasses.asdict(cfg), "old")
+    check_compatible(old, dataclasses.asdict(dataclasses.replace(cfg, revisit_share=0.0, memory_dropout=0.0)), "old")
+
+
 def test_cli_dry_run_prints_resolved_config(capsys, data, tmp_path):
     from training.train import main
 

@@ -1,5 +1,8 @@
-"""pipeline.windows: window contents, padding, resume equality, rank sharding, Ray path == local path."""
+"""pipeline.windows: window contents, padding, resume equality, rank sharding, Ray path == local path; revisit-biased
+windows and memory dropout (seeded, today's order when off, revisits in reach, cut memory = padding)."""
+import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -9,7 +12,8 @@ import torch
 from pipeline.encode import EncodeConfig, run_encode
 from pipeline.schema import to_numpy
 from pipeline.synthetic import write_synthetic_shards
-from pipeline.windows import LocalWindowStream, WindowSpec, collate, ray_collate_fn, ray_window_dataset
+from pipeline.windows import (LocalWindowStream, ShardCache, WindowSpec, collate, epoch_samples, index_shards,
+                              make_windows, ray_collate_fn, ray_window_dataset, reach_stats)
 
 
 @pytest.fixture()
@@ -23,6 +27,26 @@ def data(tmp_path):
     p = tmp_path / "shard-00002.parquet"
     Manifest(tmp_path).add(p.name, {"rows": 2, "sha256": sha256(p), "bytes": p.stat().st_size})
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def maze(tmp_path_factory):
+    """Real maze revisit-agent episodes (2 shards x 2 episodes x 96 frames, 8x8): room and exact revisits."""
+    from envs.rollout import rollout
+    from pipeline.schema import episodes_to_table
+    from pipeline.shards import Manifest, write_shard
+
+    folder = tmp_path_factory.mktemp("maze")
+    for s in range(2):
+        rows = []
+        for i in (2 * s, 2 * s + 1):
+            ep = rollout("maze", {"size": 9, "height": 8, "width": 8}, "revisit", {}, 96, np.random.default_rng([1, i]))
+            rows.append(dict(episode_id=f"maze-s1-e{i}", env="maze", agent="revisit", seed=1, episode_index=i,
+                             fps=ep["fps"], env_config=json.dumps(ep["env_config"], default=str),
+                             **{k: ep[k] for k in ("frames", "actions", "poses", "scene", "revisit_gap")}))
+        name = f"shard-{s:05d}.parquet"
+        Manifest(folder).add(name, write_shard(episodes_to_table(rows), folder / name))
+    return folder
 
 
 def _episodes(folder):
@@ -116,11 +140,141 @@ def test_ray_path_matches_local_and_resumes(data, ray_cluster):
     torch_batches = list(ds.iter_torch_batches(batch_size=spec.batch_size, collate_fn=ray_collate_fn()))
     assert _same(torch_batches, local)
     # resume from a saved position (sample index 2 batches into epoch 0) over two epochs: the batches cross the
-    # epoch end exactly as the local stream's do (24 samples per epoch, batch 5)
+    # epoch end exactly as the local stream's do (38 samples per epoch, batch 5)
     spec5 = WindowSpec(memory_length=6, window=4, batch_size=5, seed=5)
     stream = LocalWindowStream(data, spec5)
     _take(stream, 2)
     expected = _take(stream, 8)
     resumed = ray_window_dataset(data, spec5, epoch=0, start=2 * spec5.batch_size, num_epochs=2)
     tail = [collate(b) for b in resumed.iter_batches(batch_size=spec5.batch_size, batch_format="numpy")]
+    assert _same(tail[:8], expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# revisit-biased windows and memory dropout
+
+
+def _legacy_samples(shards, spec, epoch):
+    """epoch_samples as it was before revisit_share/memory_dropout (rank 0 of 1): pins the data order of old runs."""
+    rng = np.random.default_rng([spec.seed, epoch])
+    parts = []
+    for si in rng.permutation(len(shards)):
+        info = shards[si]
+        if info.length < spec.window:
+            continue
+        rows = np.repeat(np.arange(info.num_rows), spec.samples_per_episode or max(1, info.length // spec.window))
+        t0 = rng.integers(min(spec.memory_length, info.length - spec.window), info.length - spec.window + 1, len(rows))
+        parts.append(np.stack([np.full(len(rows), si), rows, t0], 1)[rng.permutation(len(rows))])
+    return np.concatenate(parts)
+
+
+def _in_reach(folder, samples, m, w):
+    """Per sample: a revisit frame (room: t - revisit_gap[t]; exact: same pose) in the window whose source lies in the
+    memory, straight from the shard columns (not through pipeline.windows' candidate code)."""
+    from envs.agents import exact_revisit_sources
+
+    shards, columns, hits = index_shards(folder), {}, []
+    for si, row, t0, _ in samples:
+        if si not in columns:
+            t = pq.read_table(shards[si].path, columns=["revisit_gap", "poses"])
+            columns[si] = (to_numpy(t, "revisit_gap"), to_numpy(t, "poses"))
+        gap, exact = columns[si][0][row], exact_revisit_sources(columns[si][1][row])
+        sources = [(t, t - gap[t]) for t in range(t0, t0 + w) if gap[t] >= 0]
+        sources += [(t, exact[t]) for t in range(t0, t0 + w) if exact[t] >= 0]
+        hits.append(any(t0 - m <= src < t0 for _, src in sources))
+    return np.array(hits)
+
+
+def test_options_off_keep_todays_order_and_counts_never_change(data, maze):
+    spec = WindowSpec(memory_length=6, window=4, batch_size=5, seed=3)
+    for folder in (data, maze):
+        shards = index_shards(folder)
+        for epoch in (0, 1):
+            got = epoch_samples(shards, spec, epoch)
+            assert np.array_equal(got[:, :3], _legacy_samples(shards, spec, epoch)) and (got[:, 3] == 6).all()
+        for share, dropout in ((0.5, 0.5), (1.0, 1.0), (0.3, 0.0)):
+            other = dataclasses.replace(spec, revisit_share=share, memory_dropout=dropout)
+            assert len(epoch_samples(shards, other, 0)) == len(got)
+
+
+def test_revisit_and_dropout_sampling_is_seeded(maze):
+    shards = index_shards(maze)
+    spec = WindowSpec(memory_length=16, window=8, batch_size=4, seed=1, revisit_share=0.5, memory_dropout=0.5)
+    a = epoch_samples(shards, spec, 0)
+    assert np.array_equal(a, epoch_samples(shards, spec, 0))
+    assert not np.array_equal(a, epoch_samples(shards, dataclasses.replace(spec, seed=2), 0))
+    assert not np.array_equal(a, epoch_samples(shards, spec, 1))
+    ranks = [epoch_samples(shards, spec, 0, r, 2) for r in (0, 1)]  # ranks split the one seeded list
+    assert np.array_equal(np.stack(ranks, 1).reshape(-1, 4), a[: 2 * len(ranks[0])])
+
+
+def test_revisit_share_puts_revisits_in_reach(maze):
+    m, w = 16, 8
+    shares = {}
+    for share in (0.0, 0.5, 1.0):
+        spec = WindowSpec(memory_length=m, window=w, batch_size=4, seed=0, revisit_share=share)
+        measured = _in_reach(maze, epoch_samples(index_shards(maze), spec, 0), m, w).mean()
+        stats = reach_stats(maze, spec)
+        assert stats["in_reach"] == pytest.approx(measured) and stats["in_reach_kept"] == stats["in_reach"]
+        assert share == 0 or stats["in_reach_room"] > 0 and stats["in_reach_exact"] > 0  # both kinds are drawn
+        shares[share] = measured
+    assert shares[0.0] < 0.5 <= shares[0.5] and shares[1.0] == 1.0  # ceil(share * n) per shard: at least the share
+
+
+def test_memory_dropout_cuts_memory_into_padding(data):
+    shards = index_shards(data)
+    for m in (6, 30):                                    # 30 > T - w: cuts combine with left padding
+        spec = WindowSpec(memory_length=m, window=6, batch_size=4, seed=4)
+        full, cut = epoch_samples(shards, spec, 0), epoch_samples(shards, dataclasses.replace(spec, memory_dropout=1.0), 0)
+        assert np.array_equal(full[:, :3], cut[:, :3])   # the same windows; only keep differs
+        assert set(cut[:, 3]) <= set(range(1, m + 1))
+        if m == 6:
+            assert set(cut[:, 3]) == set(range(1, m + 1))  # every memory length 1..m occurs
+        a, b = make_windows(shards, full, spec, ShardCache()), make_windows(shards, cut, spec, ShardCache())
+        kept = np.arange(m)[None] >= m - cut[:, 3:4]
+        assert np.array_equal(b["mem_mask"], a["mem_mask"] & kept)
+        assert np.array_equal(b["x"], a["x"]) and np.array_equal(b["actions"], a["actions"])
+        assert (b["mem_x"][~kept] == 0).all() and (b["mem_actions"][~kept] == 0).all()
+        assert np.array_equal(b["mem_x"][kept], a["mem_x"][kept])
+    half = epoch_samples(shards, WindowSpec(6, 4, 4, seed=0, memory_dropout=0.5), 0)
+    assert 0 < (half[:, 3] < 6).sum() <= np.ceil(0.5 * len(half))
+
+
+def test_bad_shares_are_refused_naming_the_flag(capsys):
+    from training.train import TrainConfig, main
+
+    with pytest.raises(ValueError, match=r"revisit_share \(--revisit-share\) 1.5: expected a share in \[0, 1\]"):
+        WindowSpec(4, 4, 4, seed=0, revisit_share=1.5)
+    with pytest.raises(ValueError, match=r"--memory-dropout\) -0.1"):
+        TrainConfig(memory_dropout=-0.1)
+    with pytest.raises(SystemExit):
+        main(["--revisit-share", "1.5", "--dry-run"])
+    assert "--revisit-share) 1.5: expected a share in [0, 1]" in capsys.readouterr().err
+
+
+def test_resume_with_revisits_and_dropout(data):
+    spec = WindowSpec(memory_length=6, window=4, batch_size=5, seed=5, revisit_share=0.5, memory_dropout=0.5)
+    full = _take(LocalWindowStream(data, spec), 10)      # 38 samples per epoch: batch 8 crosses the epoch end
+    first = LocalWindowStream(data, spec)
+    assert first.samples_per_epoch() == 6 * 6 + 2        # the T=5 episodes give one window of 4 each
+    head = _take(first, 2)
+    state = first.state_dict()
+    resumed = LocalWindowStream(data, spec)
+    resumed.load_state_dict(state)
+    assert _same(head + _take(resumed, 8), full)
+    plain = _take(LocalWindowStream(data, dataclasses.replace(spec, memory_dropout=0.0)), 10)
+    assert not _same(plain, full)                        # dropout reached the batches (same windows otherwise)
+    with pytest.raises(ValueError, match="revisit_share"):
+        LocalWindowStream(data, dataclasses.replace(spec, revisit_share=0.0)).load_state_dict(state)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_ray_path_matches_local_with_revisits_and_dropout(data, ray_cluster):
+    spec = WindowSpec(memory_length=6, window=4, batch_size=5, seed=5, revisit_share=0.5, memory_dropout=0.5)
+    stream = LocalWindowStream(data, spec)
+    _take(stream, 2)
+    expected = _take(stream, 8)                          # samples 10..49: across the end of epoch 0 (38 samples)
+    ds = ray_window_dataset(data, spec, epoch=0, start=2 * spec.batch_size, num_epochs=2)
+    tail = [collate(b) for b in ds.iter_batches(batch_size=spec.batch_size, batch_format="numpy")]
     assert _same(tail[:8], expected)

@@ -54,6 +54,11 @@ class TrainConfig:
     num_actions: int = field(7, "number of discrete actions (maze: 7)")
     num_timesteps: int = field(1000, "diffusion steps K")
     schedule: str = field("sigmoid", "noise schedule", choices=["sigmoid", "cosine"])
+    # window sampling (pipeline.windows): train on what evaluation tests
+    revisit_share: float = field(0.5, "share in [0, 1] of each epoch's windows placed so a revisit frame's earlier "
+                                      "sighting lies in the memory (0 = uniform windows only)")
+    memory_dropout: float = field(0.5, "share in [0, 1] of windows whose memory keeps only its last k frames, "
+                                       "k uniform in 1..memory-length (the rest is padding, as in evaluation)")
     # optimisation
     batch_size: int = field(4, "clips per worker per step")
     steps: int = field(1000, "optimizer steps in total (a rerun with more steps continues)")
@@ -92,6 +97,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
         if self.lr <= 0:
             raise ValueError(f"--lr {self.lr}: expected > 0")
+        window_spec(self)  # WindowSpec checks the sampling shares, naming the flag
         if not self.name:
             self.name = (f"{self.preset}-{self.memory}-m{self.memory_length}-{self.compression}"
                          + (f"-b{self.budget}" if self.compression != "none" else "") + f"-w{self.window}-s{self.seed}")

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def window_spec(cfg: TrainConfig):
     from pipeline.windows import WindowSpec
 
-    return WindowSpec(memory_length=cfg.memory_length, window=cfg.window, batch_size=cfg.batch_size, seed=cfg.seed)
+    return WindowSpec(memory_length=cfg.memory_length, window=cfg.window, batch_size=cfg.batch_size, seed=cfg.seed,
+                      revisit_share=cfg.revisit_share, memory_dropout=cfg.memory_dropout)
 
 
 
