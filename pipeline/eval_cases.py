@@ -1,21 +1,30 @@
 """The fixed, seeded list of evaluation cases of a dataset, saved beside it so every figure uses the same cases.
 
     python -m pipeline.eval_cases --data-dir data/maze-revisit                      # -> <data>/eval_cases.parquet
-    python -m pipeline.eval_cases --data-dir data/maze-revisit --num-cases 256 --rollout-cases 32
+    python -m pipeline.eval_cases --data-dir data/maze-revisit --cases-per-bin 200 --rollout-cases 32
 
-Memory retrieval cases (paper Sec. 5, Table 1): in revisit episodes (revisit_gap >= 0) take the first frame t of
-each return to a room, with gap g = revisit_gap[t] (frames since the room was last in view). Generation starts
-at s = t - r, r drawn from the seeded generator in [1, min(window, horizon - 1, g - 1, t - 1)], so the revisit
-frame is generated and the last sighting (frame t - g < s) lies in the memory, not in the generated frames.
-Memory = the max_memory (112) frames before s, left-padded (zeros, memory_mask False); then the return-path
-actions s..s+n-1 (n = horizon, or fewer at the episode end), ground-truth frames, scene labels and revisit_gap
-of those n frames, and the gap bin of g: "0-16" (g < 16), "16-48" (g < 48), "48-112" (g <= 112; larger gaps
-cannot be in a 112-frame memory and are not used). Cases are drawn round-robin over the bins, so bins are
-balanced as far as the data allows. Rollout cases (PSNR per 16-frame segment, error accumulation, Tables 3-4)
-are memory + `rollout_horizon` (64) frames from any episode, saved as `<data>/rollout_cases.parquet`.
+A retrieval case = memory (the `max_memory` frames before the start s, left-padded), the actions of frames
+s..s+n-1 (n = horizon, fewer at the episode end), their ground truth, and a *judged* subset of those frames. It
+is binned by d, the number of frames from the first generated frame s back to the last sighting of what the
+judged frames show: the source is memory frame s - d, so a memory of the last L frames holds it iff d <= L. Bins
+on d are the paper's Table 1 columns, lo < d <= hi: "0-16", "16-48", "48-112" (a 16-frame memory covers exactly
+the first), and finer bins D_EDGES for curves. Two kinds, drawn from every episode that has them:
+
+  revisit  a return to a room (`revisit_gap` of the shard: frames since the room was last in view). The case
+           is drawn at the first frame t of a return with gap g; generation starts at s = t - r, r >= 1 (the
+           revisit frame is generated), so d = g - r. Judged: the frames of THAT visit inside the window
+           (t, t+1, ... while revisit_gap keeps counting from g), read by the scene probe.
+  exact    an exact revisit (`envs.agents.exact_revisit_sources`): frame t repeats the pose, hence the pixels,
+           of an earlier frame t - g; s = t - r, r >= 0, d = g - r. Judged: frame t alone. SSIM and PSNR
+           against the ground truth are valid judges here (the paper's Minecraft protocol, App. I).
+
+For each kind, cases are drawn round-robin over the three bins (`cases_per_bin` each where the data has them):
+a bin picks a random unused candidate that can land in it and a uniform r that puts d in the bin. Rollout cases
+(PSNR per 16-frame segment, Tables 3-4) are memory + `rollout_horizon` (64) frames of distinct episodes, saved as
+`<data>/rollout_cases.parquet`.
 
 Same data + same settings = the same file, byte for byte. Arrays are stored as .npy bytes in their stored dtype
-(uint8 frames or float16 latents) and converted to float32 in load_eval_cases.
+(uint8 frames or float16 latents); `EvalCase.memory_x` / `target_x` convert to float32 model space on access.
 """
 from __future__ import annotations
 
@@ -33,85 +42,195 @@ from pipeline.cli import field, parse_config, to_json
 from pipeline.schema import to_numpy
 from pipeline.windows import ShardInfo, index_shards
 
-GAP_BINS = (("0-16", 0, 16), ("16-48", 16, 48), ("48-112", 48, 113))
+FORMAT_VERSION = 2
+# Table 1 columns on d (frames from the first generated frame back to the source), lo < d <= hi
+GAP_BINS: dict[str, tuple[int, int]] = {"0-16": (0, 16), "16-48": (16, 48), "48-112": (48, 112)}
+D_EDGES = (0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112)   # finer bins (lo, hi] for retrieval-vs-d curves
+KINDS = ("revisit", "exact")
 EVAL_CASES = "eval_cases.parquet"
 ROLLOUT_CASES = "rollout_cases.parquet"
+_ARRAYS = ("memory", "memory_actions", "memory_mask", "memory_scene", "memory_poses", "actions", "target",
+           "target_scene", "target_poses", "revisit_gap", "judged")
+
+
+def gap_bin(d: int) -> str | None:
+    """The Table 1 bin of a source distance d in frames (lo < d <= hi), None outside every bin."""
+    for name, (lo, hi) in GAP_BINS.items():
+        if lo < d <= hi:
+            return name
+    return None
+
+
+def d_bin(d: int) -> str | None:
+    """The fine bin "lo-hi" (lo < d <= hi) of D_EDGES holding d, None outside."""
+    for lo, hi in zip(D_EDGES[:-1], D_EDGES[1:]):
+        if lo < d <= hi:
+            return f"{lo}-{hi}"
+    return None
+
+
+def to_model(a: np.ndarray) -> np.ndarray:
+    """Stored frames (T,H,W,3) uint8 or latents (T,C,h,w) -> float32 (T,C,H,W); pixels to [-1, 1]."""
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
+    return a.astype(np.float32)
 
 
 @dataclass
 class EvalCase:
     episode_id: str
-    memory_x: np.ndarray        # (M_max, C, H, W) float32, pixels in [-1, 1] (or latents as stored); pads are 0
-    memory_actions: np.ndarray  # (M_max,) int64
-    memory_mask: np.ndarray     # (M_max,) bool, False = padding
-    actions: np.ndarray         # (n,) int64, return-path actions of frames s..s+n-1
-    target_x: np.ndarray        # (n, C, H, W) float32 ground truth of the generated frames
-    target_scene: np.ndarray    # (n, 4) int16 scene labels of the generated frames
-    revisit_gap: np.ndarray     # (n,) int32, >= 0 on revisit frames
-    gap_bin: str                # "0-16" | "16-48" | "48-112" ("" for rollout cases)
-    gap: int                    # g of the picked revisit frame (-1 for rollout cases)
-    revisit_t: int              # t, index of the revisit frame in the episode (-1 for rollout cases)
+    memory: np.ndarray          # (M, ...) stored dtype; memory index M-1 is frame s-1; pads are 0
+    memory_actions: np.ndarray  # (M,) int64
+    memory_mask: np.ndarray     # (M,) bool, False = padding
+    memory_scene: np.ndarray    # (M, 4) int16 scene labels (-1 on pads)
+    memory_poses: np.ndarray    # (M, 5) float32 poses (NaN on pads)
+    actions: np.ndarray         # (n,) int64, actions of frames s..s+n-1
+    target: np.ndarray          # (n, ...) stored dtype, ground truth of the generated frames
+    target_scene: np.ndarray    # (n, 4) int16
+    target_poses: np.ndarray    # (n, 5) float32
+    revisit_gap: np.ndarray     # (n,) int32 room revisit gaps of the generated frames (>= 0 on revisits)
+    judged: np.ndarray          # (n,) bool, the frames this case is judged on (empty for rollout cases)
+    kind: str                   # "revisit" | "exact" | "rollout"
+    d: int                      # frames from s back to the source (the source is memory index M - d); -1 rollout
+    gap: int                    # g of the target frame t (t - source); -1 rollout
+    revisit_t: int              # t, the frame the case was drawn for (-1 rollout)
     start: int                  # s, first generated frame
-    kind: str                   # "revisit" | "rollout"
     encoder: str                # encoder JSON of latent data ("" for pixel data): decode with encoder_from_json
+
+    @property
+    def gap_bin(self) -> str:
+        return gap_bin(self.d) or "" if self.kind != "rollout" else ""
+
+    @property
+    def memory_x(self) -> np.ndarray:
+        """(M,C,H,W) float32 model space; pads exact 0."""
+        return to_model(self.memory) * self.memory_mask[:, None, None, None]
+
+    @property
+    def target_x(self) -> np.ndarray:
+        """(n,C,H,W) float32 model space."""
+        return to_model(self.target)
 
 
 @dataclass
 class EvalCasesConfig:
     data_dir: str = field("data/maze-revisit", "folder of frame or latent shards with revisit episodes")
     out_path: str = field("", "where to save (default <data-dir>/eval_cases.parquet)")
-    num_cases: int = field(64, "number of memory retrieval cases")
+    cases_per_bin: int = field(100, "retrieval cases per Table 1 bin and kind, where the data has them")
+    kinds: list[str] = field(list(KINDS), "case kinds: revisit (room returns, probe-judged), exact (pose returns)")
     max_memory: int = field(112, "memory frames before the start (paper: up to 112)")
     horizon: int = field(16, "frames to generate per retrieval case")
-    window: int = field(16, "w: the revisit frame lies at most w frames after the start")
+    window: int = field(16, "w: the judged frame lies fewer than w frames after the start")
     seed: int = field(0, "seed of the case draws")
     rollout_cases: int = field(0, "also save this many rollout cases (error accumulation) to rollout_cases.parquet")
     rollout_horizon: int = field(64, "frames to generate per rollout case")
 
     def __post_init__(self):
-        for name in ("num_cases", "max_memory", "horizon", "window", "rollout_horizon"):
+        for name in ("cases_per_bin", "max_memory", "horizon", "window", "rollout_horizon"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def gap_bin(g: int) -> str | None:
-    for name, lo, hi in GAP_BINS:
-        if lo <= g < hi:
-            return name
-    return None
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"--kinds {self.kinds}: valid kinds are {list(KINDS)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Candidates and extraction
+# Candidates: (kind, shard, row, t, g, r_min) with the source at frame t - g
 
-def _revisit_candidates(shards: list[ShardInfo]) -> list[tuple[int, int, int, int]]:
-    """(shard, row, t, g) for the first frame of every return to a room, in data order."""
-    out = []
+def _candidates(shards: list[ShardInfo], kinds) -> dict[str, list[tuple[int, int, int, int, int]]]:
+    from envs.agents import exact_revisit_sources
+
+    out: dict[str, list] = {k: [] for k in kinds}
     for si, info in enumerate(shards):
-        gaps = to_numpy(pq.read_table(info.path, columns=["revisit_gap"]), "revisit_gap")    # (N, T)
-        for row, g in enumerate(gaps):
-            prev = np.concatenate([[-1], g[:-1]])
-            starts = np.flatnonzero((g >= 0) & ((prev < 0) | (g != prev + 1)))
-            out += [(si, row, int(t), int(g[t])) for t in starts if t >= 2 and g[t] >= 2 and gap_bin(int(g[t]))]
+        table = pq.read_table(info.path, columns=["revisit_gap", "poses"])
+        gaps, poses = to_numpy(table, "revisit_gap"), to_numpy(table, "poses")       # (N,T), (N,T,5)
+        for row in range(info.num_rows):
+            if "revisit" in out:
+                g = gaps[row]
+                prev = np.concatenate([[-1], g[:-1]])
+                starts = np.flatnonzero((g >= 2) & ((prev < 0) | (g != prev + 1)))
+                out["revisit"] += [(si, row, int(t), int(g[t]), 1) for t in starts if t >= 2]
+            if "exact" in out and np.isfinite(poses[row]).all():
+                src = exact_revisit_sources(poses[row])
+                ts = np.flatnonzero(src >= 0)
+                out["exact"] += [(si, row, int(t), int(t - src[t]), 0) for t in ts if t - src[t] >= 1 and t >= 1]
     return out
 
 
-def _extract(arrays: dict, row: int, s: int, n: int, max_memory: int) -> dict:
-    """Memory (left-padded) and targets of one case, data in stored dtype."""
+def _feasible_r(cand, lo: int, hi: int, r_max: int) -> tuple[int, int] | None:
+    """Range of r (start offset) with d = g - r in (lo, hi], r_min <= r <= r_max and s = t - r >= 1."""
+    _, _, t, g, r_min = cand
+    a, b = max(r_min, g - hi), min(r_max, g - lo - 1, t - 1, g - 1)
+    return (a, b) if a <= b else None
+
+
+def _draw(candidates: list, kind: str, cases_per_bin: int, r_max: int, rng: np.random.Generator) -> list[dict]:
+    """Round-robin over bins: a random unused candidate that can land in the bin, r uniform in its range."""
+    queues = {}
+    for name, (lo, hi) in GAP_BINS.items():
+        fits = [i for i, c in enumerate(candidates) if _feasible_r(c, lo, hi, r_max)]
+        queues[name] = [fits[j] for j in rng.permutation(len(fits))]
+    used: set[tuple[int, int, int]] = set()
+    picks, counts = [], {name: 0 for name in GAP_BINS}
+    while any(queues.values()):
+        for name, (lo, hi) in GAP_BINS.items():
+            queue = queues[name]
+            while queue and counts[name] < cases_per_bin:
+                si, row, t, g, _ = cand = candidates[queue.pop()]
+                if (si, row, t) in used:
+                    continue
+                a, b = _feasible_r(cand, lo, hi, r_max)
+                r = int(rng.integers(a, b + 1))
+                used.add((si, row, t))
+                counts[name] += 1
+                picks.append({"shard": si, "row": row, "t": t, "gap": g, "s": t - r, "d": g - r, "kind": kind})
+                break
+            if counts[name] >= cases_per_bin:
+                queue.clear()
+    return picks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extraction and storage
+
+def _judged(kind: str, gaps: np.ndarray, s: int, n: int, t: int) -> np.ndarray:
+    """(n,) bool: frames of the visit the case was drawn for (revisit) or the target frame alone (exact)."""
+    judged = np.zeros(n, bool)
+    j = t - s
+    if kind == "exact":
+        judged[j] = True
+        return judged
+    g0 = gaps[t]
+    while j < n and gaps[s + j] == g0 + (s + j - t):
+        judged[j] = True
+        j += 1
+    return judged
+
+
+def _extract(arrays: dict, pick: dict, max_memory: int) -> dict:
+    """Memory (left-padded), targets and judged frames of one case, data in stored dtype."""
+    row, s, n = pick["row"], pick["s"], pick["n"]
     data = arrays["data"][row]                                        # (T, ...)
     idx = np.arange(s - max_memory, s)
     valid = idx >= 0
-    memory = data[np.maximum(idx, 0)].copy()
+    safe = np.maximum(idx, 0)
+    memory = data[safe].copy()
     memory[~valid] = 0
-    return {"memory": memory, "memory_actions": np.where(valid, arrays["actions"][row][np.maximum(idx, 0)], 0),
-            "memory_mask": valid, "actions": arrays["actions"][row][s:s + n], "target": data[s:s + n],
-            "target_scene": arrays["scene"][row][s:s + n], "revisit_gap": arrays["revisit_gap"][row][s:s + n]}
+    scene, poses = arrays["scene"][row], arrays["poses"][row]
+    judged = _judged(pick["kind"], arrays["revisit_gap"][row], s, n, pick["t"]) if pick["kind"] != "rollout" \
+        else np.zeros(n, bool)
+    return {"memory": memory, "memory_actions": np.where(valid, arrays["actions"][row][safe], 0),
+            "memory_mask": valid, "memory_scene": np.where(valid[:, None], scene[safe], -1).astype(np.int16),
+            "memory_poses": np.where(valid[:, None], poses[safe], np.nan).astype(np.float32),
+            "actions": arrays["actions"][row][s:s + n], "target": data[s:s + n],
+            "target_scene": scene[s:s + n], "target_poses": poses[s:s + n],
+            "revisit_gap": arrays["revisit_gap"][row][s:s + n], "judged": judged}
 
 
 def _load(info: ShardInfo) -> dict:
     table = pq.read_table(info.path)
     arrays = {"data": to_numpy(table, info.column), "episode_id": table.column("episode_id").to_pylist()}
-    for c in ("actions", "scene", "revisit_gap"):
+    for c in ("actions", "scene", "poses", "revisit_gap"):
         arrays[c] = to_numpy(table, c)
     arrays["encoder"] = table.column("encoder")[0].as_py() if info.column == "latents" else ""
     return arrays
@@ -122,8 +241,8 @@ def _materialise(shards: list[ShardInfo], picks: list[dict], max_memory: int) ->
     for si in sorted({p["shard"] for p in picks}):
         arrays = _load(shards[si])
         for p in (p for p in picks if p["shard"] == si):
-            p.update(_extract(arrays, p["row"], p["s"], p["n"], max_memory),
-                     episode_id=arrays["episode_id"][p["row"]], encoder=arrays["encoder"])
+            p.update(_extract(arrays, p, max_memory), episode_id=arrays["episode_id"][p["row"]],
+                     encoder=arrays["encoder"])
     return picks
 
 
@@ -134,14 +253,14 @@ def _pack(a: np.ndarray) -> bytes:
 
 
 def _save(cases: list[dict], path: Path, meta: dict) -> None:
-    arrays = ("memory", "memory_actions", "memory_mask", "actions", "target", "target_scene", "revisit_gap")
     cols = {"episode_id": pa.array([c["episode_id"] for c in cases], pa.string())}
-    for k in ("gap_bin", "kind", "encoder"):
+    for k in ("kind", "encoder"):
         cols[k] = pa.array([c[k] for c in cases], pa.string())
-    for k in ("gap", "t", "s"):
+    for k in ("d", "gap", "t", "s"):
         cols[k] = pa.array([c[k] for c in cases], pa.int64())
-    for k in arrays:
+    for k in _ARRAYS:
         cols[k] = pa.array([_pack(c[k]) for c in cases], pa.large_binary())
+    meta = {**meta, "format_version": FORMAT_VERSION}
     table = pa.table(cols).replace_schema_metadata({b"memvid.eval_cases": json.dumps(meta, sort_keys=True).encode()})
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
@@ -151,33 +270,30 @@ def _save(cases: list[dict], path: Path, meta: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Public entry points
 
-def build_eval_cases(data_dir: str | Path, out_path: str | Path | None = None, num_cases: int = 64,
-                     max_memory: int = 112, horizon: int = 16, seed: int = 0, window: int = 16) -> Path:
-    """Draw and save the memory retrieval cases (see module docstring); returns the file written."""
+def build_eval_cases(data_dir: str | Path, out_path: str | Path | None = None, cases_per_bin: int = 100,
+                     max_memory: int = 112, horizon: int = 16, seed: int = 0, window: int = 16,
+                     kinds: tuple[str, ...] | list[str] = KINDS) -> Path:
+    """Draw and save the retrieval cases (see module docstring); returns the file written."""
     shards = index_shards(data_dir)
-    candidates = _revisit_candidates(shards)
-    if not candidates:
-        raise ValueError(f"{data_dir}: no revisit frames (revisit_gap >= 2 and <= 112) in any shard; collect revisit "
-                         f"episodes with `python -m pipeline.collect --agent revisit` into this folder")
-    rng = np.random.default_rng(seed)
-    by_bin = {name: [c for c in candidates if gap_bin(c[3]) == name] for name, _, _ in GAP_BINS}
-    queues = {name: [cands[i] for i in rng.permutation(len(cands))] for name, cands in by_bin.items()}
+    candidates = _candidates(shards, kinds)
+    if not any(candidates.values()):
+        raise ValueError(f"{data_dir}: no revisit frames (room returns or exact pose returns) in any shard; collect "
+                         f"revisit episodes with `python -m pipeline.collect --agent revisit` (or --agent lookback) "
+                         f"into this folder")
+    r_max = min(window, horizon) - 1
     picks: list[dict] = []
-    while len(picks) < num_cases and any(queues.values()):
-        for name, _, _ in GAP_BINS:                    # round-robin: balanced bins where the data allows
-            if queues[name] and len(picks) < num_cases:
-                si, row, t, g = queues[name].pop(0)
-                r = int(rng.integers(1, max(1, min(window, horizon - 1, g - 1, t - 1)) + 1))
-                s = t - r
-                n = min(horizon, shards[si].length - s)
-                picks.append({"shard": si, "row": row, "t": t, "gap": g, "s": s, "n": n, "gap_bin": name, "kind": "revisit"})
+    for i, kind in enumerate(kinds):
+        picks += _draw(candidates[kind], kind, cases_per_bin, r_max, np.random.default_rng([seed, i]))
+    for p in picks:
+        p["n"] = min(horizon, shards[p["shard"]].length - p["s"])
     cases = _materialise(shards, picks, max_memory)
     path = Path(out_path) if out_path else Path(data_dir) / EVAL_CASES
-    counts = {name: sum(p["gap_bin"] == name for p in picks) for name, _, _ in GAP_BINS}
+    counts = {kind: {b: sum(p["kind"] == kind and gap_bin(p["d"]) == b for p in picks) for b in GAP_BINS}
+              for kind in kinds}
     _save(cases, path, {"seed": seed, "num_cases": len(cases), "max_memory": max_memory, "horizon": horizon,
-                        "window": window, "bins": counts, "candidates": {k: len(v) for k, v in by_bin.items()}})
-    print(f"[eval_cases] {len(cases)} retrieval cases -> {path}; per bin {counts} "
-          f"(available {({k: len(v) for k, v in by_bin.items()})})", flush=True)
+                        "window": window, "cases_per_bin": cases_per_bin, "bins": counts,
+                        "candidates": {k: len(v) for k, v in candidates.items()}})
+    print(f"[eval_cases] {len(cases)} retrieval cases -> {path}; per kind and bin of d {counts}", flush=True)
     return path
 
 
@@ -196,7 +312,7 @@ def build_rollout_cases(data_dir: str | Path, out_path: str | Path | None = None
         si, row = episodes[i]
         length = shards[si].length
         s = int(rng.integers(max(1, min(max_memory, length - horizon)), length - horizon + 1))
-        picks.append({"shard": si, "row": row, "t": -1, "gap": -1, "s": s, "n": horizon, "gap_bin": "", "kind": "rollout"})
+        picks.append({"shard": si, "row": row, "t": -1, "gap": -1, "d": -1, "s": s, "n": horizon, "kind": "rollout"})
     cases = _materialise(shards, picks, max_memory)
     path = Path(out_path) if out_path else Path(data_dir) / ROLLOUT_CASES
     _save(cases, path, {"seed": seed, "num_cases": len(cases), "max_memory": max_memory, "horizon": horizon})
@@ -208,30 +324,31 @@ def _unpack(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
-def _to_model(a: np.ndarray) -> np.ndarray:
-    """Stored frames/latents (T, ...) -> float32 (T, C, H, W); pixels to [-1, 1]."""
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
-    return a.astype(np.float32)
-
-
 def load_eval_cases(path: str | Path) -> list[EvalCase]:
     """The cases of a file written by build_eval_cases / build_rollout_cases, in their saved order."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no evaluation cases; build them with "
                                 f"`python -m pipeline.eval_cases --data-dir {path.parent}`")
-    rows = pq.read_table(path).to_pylist()
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"memvid.eval_cases", b"{}"))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: evaluation cases of format {meta.get('format_version', 1)}, this version reads "
+                         f"format {FORMAT_VERSION} (cases binned by d, judged frames, exact revisits); rebuild them "
+                         f"with `python -m pipeline.eval_cases --data-dir {path.parent}`")
     out = []
-    for r in rows:
-        mask = _unpack(r["memory_mask"])
-        memory = _to_model(_unpack(r["memory"])) * mask[:, None, None, None]
-        out.append(EvalCase(episode_id=r["episode_id"], memory_x=memory, memory_actions=_unpack(r["memory_actions"]),
-                            memory_mask=mask, actions=_unpack(r["actions"]), target_x=_to_model(_unpack(r["target"])),
-                            target_scene=_unpack(r["target_scene"]), revisit_gap=_unpack(r["revisit_gap"]),
-                            gap_bin=r["gap_bin"], gap=r["gap"], revisit_t=r["t"], start=r["s"], kind=r["kind"],
-                            encoder=r["encoder"]))
+    for r in table.to_pylist():
+        arrays = {k: _unpack(r[k]) for k in _ARRAYS}
+        out.append(EvalCase(episode_id=r["episode_id"], **arrays, kind=r["kind"], d=r["d"], gap=r["gap"],
+                            revisit_t=r["t"], start=r["s"], encoder=r["encoder"]))
     return out
+
+
+def case_file_fingerprint(path: str | Path) -> str:
+    """sha256 (16 hex) of a case file's bytes: caches of per-case results are keyed by it."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     print(to_json(cfg), flush=True)
     if dry_run:
         return
-    build_eval_cases(cfg.data_dir, cfg.out_path or None, cfg.num_cases, cfg.max_memory, cfg.horizon, cfg.seed, cfg.window)
+    build_eval_cases(cfg.data_dir, cfg.out_path or None, cfg.cases_per_bin, cfg.max_memory, cfg.horizon, cfg.seed,
+                     cfg.window, tuple(cfg.kinds))
     if cfg.rollout_cases:
         build_rollout_cases(cfg.data_dir, None, cfg.rollout_cases, cfg.max_memory, cfg.rollout_horizon, cfg.seed)
 

@@ -5,7 +5,8 @@
 
 Frames are random uint8, so they say nothing about image content: they exercise shapes, bytes and bookkeeping.
 With `revisit=True` each episode marks a few revisit events (revisit_gap >= 0 on 4 consecutive frames) whose
-gaps fall in the bins 0-16, 16-48 and 48-112 where the episode is long enough.
+gaps fall in the bins 0-16, 16-48 and 48-112 where the episode is long enough, and one exact revisit per gap (a
+frame that repeats the pose, pixels and labels of the frame g earlier).
 """
 from __future__ import annotations
 
@@ -31,12 +32,17 @@ def synthetic_episode(index: int, length: int, size: int, seed: int, revisit: bo
             if start >= 0:
                 gap[start:start + 4] = g + np.arange(min(4, t - start))
     scene = np.stack([np.arange(t) // 8, np.full(t, 1), np.full(t, 2), np.full(t, -1)], 1).astype(np.int16)
+    frames = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)
+    poses = rng.standard_normal((t, 5)).astype(np.float32)
+    if revisit:  # exact revisits: frame t repeats the pose and pixels of frame t - g
+        for g in REVISIT_GAPS:
+            if t > g + 2:
+                at = int(rng.integers(g + 1, t))
+                frames[at], poses[at], scene[at] = frames[at - g], poses[at - g], scene[at - g]
     return {
         "episode_id": f"synth-s{seed}-e{index}", "env": "synth", "agent": "revisit" if revisit else "explore",
         "seed": seed, "episode_index": index, "fps": 30.0, "env_config": json.dumps({"size": size}),
-        "frames": rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8),
-        "actions": rng.integers(0, 7, t), "poses": rng.standard_normal((t, 5)).astype(np.float32),
-        "scene": scene, "revisit_gap": gap,
+        "frames": frames, "actions": rng.integers(0, 7, t), "poses": poses, "scene": scene, "revisit_gap": gap,
     }
 
 

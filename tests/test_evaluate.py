@@ -1,6 +1,7 @@
 """training.evaluate end to end on a tiny untrained model, and its errors on bad input."""
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def _checkpoint(folder, run_id=None, **model):
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("evaldata") / "d"
     write_synthetic_shards(d, num_shards=1, episodes_per_shard=4, length=120, size=8, seed=1)
-    build_eval_cases(d, num_cases=6, max_memory=16, horizon=8, seed=0, window=4)
+    build_eval_cases(d, cases_per_bin=1, max_memory=112, horizon=8, seed=0, window=4)
     build_rollout_cases(d, num_cases=2, max_memory=16, horizon=64, seed=0)
     return d
 
@@ -47,19 +48,34 @@ def _cfg(data, tmp_path, **kw):
 @pytest.mark.timeout(120)
 def test_end_to_end_tiny_model(data, tmp_path):
     _checkpoint(tmp_path / "ck")
-    metrics = run_evaluation(_cfg(data, tmp_path))
+    metrics = run_evaluation(_cfg(data, tmp_path, memory_lengths=[4, 8]))
     for key in RESULT_KEYS:
         assert key in metrics, key
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     assert set(RESULT_KEYS) <= set(results["metrics"]) and results["probe_valid"] in (True, False)
-    assert sum(results["cases_per_bin"].values()) == 6 == len(results["cases"])
-    assert all(0 <= c["ssim"] <= 1 or -1 <= c["ssim"] <= 1 for c in results["cases"])
+    assert results["model_rows"] == ["model m=4", "model m=8"] and len(results["cases"]) == 6
+    # calibration rows beside the model's, on the same cases; the ground truth retrieves every exact case
+    assert {"ground truth", "copy m=4", "copy m=8", "repeat last frame", "other episode"} <= set(results["rows"])
+    gt = results["rows"]["ground truth"]["retrieval"]["exact"]
+    assert all(gt[b]["rate"] == 1.0 and gt[b]["n"] == 1 for b in ("0-16", "16-48", "48-112"))
+    copy8 = results["rows"]["copy m=8"]["retrieval"]["exact"]
+    assert copy8["48-112"]["rate"] == 0.0                                  # d > 8: outside a memory of 8
+    assert (data / "eval_cases.oracles.json").exists()                     # cached beside the cases
+    pair = results["paired"][0]
+    assert (pair["a"], pair["b"]) == ("model m=8", "model m=4") and pair["by_bin"]["exact"]["0-16"]["n"] == 1
+    assert all(-1 <= c["ssim"] <= 1 for c in results["cases"] if c["kind"] == "exact")
     assert metrics["flops_per_frame"] > 0 and metrics["sec_per_frame"] > 0
     assert metrics["psnr/0-16"] < 60  # an untrained model does not reproduce the ground truth
     md = (out / "results.md").read_text()
-    assert "| prepend | 8 | none | N/A |" in md and "Max. PSNR decay" in md
-    assert (out / "psnr_by_segment.png").stat().st_size > 0 and list(out.glob("revisit00-*.gif"))
+    assert "**model m=8**" in md and "| copy m=4 |" in md and "McNemar" in md and "Max. PSNR decay" in md
+    assert (out / "psnr_by_segment.png").stat().st_size > 0 and list(out.glob("retrieval*-d*-*.gif"))
+    # randomness per case: a batch size of 1 gives the same generated frames, hence the same per-case results
+    again = run_evaluation(_cfg(data, tmp_path, memory_lengths=[4, 8], batch_size=1, out_dir=str(tmp_path / "b1"),
+                                mlflow=False, num_rollout_cases=0))
+    rows_b1 = json.loads((tmp_path / "b1" / "results.json").read_text())["cases"]
+    assert [r.get("ssim") for r in rows_b1] == [r.get("ssim") for r in results["cases"]]
+    assert again["retrieval/0-16"] == metrics["retrieval/0-16"] or math.isnan(metrics["retrieval/0-16"])
     # logged to MLflow: a new run (the checkpoint has no run id) under the out dir's store
     from mlflow import MlflowClient
 
@@ -67,7 +83,7 @@ def test_end_to_end_tiny_model(data, tmp_path):
     run = client.get_run(results["mlflow_run_id"])
     assert run.data.metrics["psnr/0-16"] == pytest.approx(metrics["psnr/0-16"])
     arts = {f.path for f in client.list_artifacts(run.info.run_id, "eval/plots")}
-    assert "eval/plots/retrieval_by_gap.png" in arts
+    assert "eval/plots/retrieval_by_bin_exact.png" in arts
     # a checkpoint that names its training run: evaluation logs into that run and leaves it FINISHED;
     # same seed, same figures (the probe is reused from <data>/scene_probe.pt)
     from training.tracking import start_or_resume_run
@@ -76,7 +92,7 @@ def test_end_to_end_tiny_model(data, tmp_path):
     train_run = start_or_resume_run(uri, "memvid", "train-x")
     train_run.end()
     _checkpoint(tmp_path / "ck", run_id=train_run.run_id)
-    again = run_evaluation(_cfg(data, tmp_path, out_dir=str(tmp_path / "out2"), tracking_uri=uri))
+    again = run_evaluation(_cfg(data, tmp_path, memory_lengths=[4, 8], out_dir=str(tmp_path / "out2"), tracking_uri=uri))
     assert again["psnr/0-16"] == pytest.approx(metrics["psnr/0-16"]) and (data / "scene_probe.pt").exists()
     run = client.get_run(train_run.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["ssim/0-16"] == pytest.approx(again["ssim/0-16"])
@@ -101,3 +117,17 @@ def test_bad_inputs_name_the_field(data, tmp_path):
         main(["--sampler", "bogus"])
     with pytest.raises(ValueError, match="valid labels"):
         EvalConfig(probe_heads=["rooms"])
+
+
+def test_oracle_runs_like_a_model(data, tmp_path):
+    from training.evaluate import main as evaluate_main
+
+    evaluate_main(["--oracle", "copy", "--memory-lengths", "16", "--cases", str(data / "eval_cases.parquet"),
+                   "--out-dir", str(tmp_path / "oracle"), "--probe-max-steps", "10", "--probe-max-frames", "400",
+                   "--device", "cpu", "--num-videos", "1"])
+    results = json.loads((tmp_path / "oracle" / "results.json").read_text())
+    exact = results["rows"]["copy m=16"]["retrieval"]["exact"]
+    assert results["model_rows"] == ["copy m=16"] and exact["0-16"]["rate"] == 1.0 and exact["48-112"]["rate"] == 0.0
+    assert "oracle `copy`" in (tmp_path / "oracle" / "results.md").read_text()
+    with pytest.raises(ValueError, match="--oracle copy needs --memory-lengths"):
+        EvalConfig(oracle="copy")

@@ -57,10 +57,25 @@ def test_retrieval_rules():
     assert M.case_retrieved(half, truth)  # 3 of 4 is
 
 
-def test_bins():
-    assert [M.gap_bin(g) for g in (0, 15, 16, 47, 48, 111, 112)] == ["0-16", "0-16", "16-48", "16-48", "48-112",
-                                                                     "48-112", None]
-    rates = M.mean_by_bin([1, 0, 1, 1], ["0-16", "0-16", "16-48", "16-48"])
-    assert rates["0-16"] == 0.5 and rates["16-48"] == 1.0 and math.isnan(rates["48-112"])
-    with pytest.raises(ValueError, match="unknown"):
-        M.mean_by_bin([1], ["0-99"])
+def test_rates_intervals_and_paired_tests_known_values():
+    # Wilson 95% interval of 5/10 (Wilson 1927; also Newcombe 1998, Table I): 0.2366 .. 0.7634
+    lo, hi = M.wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert M.wilson_interval(0, 10)[0] == 0.0 and M.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in M.wilson_interval(0, 0))
+    s = M.rate_summary([True, False, True, True])
+    assert (s["rate"], s["n"], s["successes"]) == (0.75, 4, 3) and s["lo"] < 0.75 < s["hi"]
+    # exact McNemar: 7 vs 1 discordant pairs -> 2 * (1 + 8) / 2^8 = 0.0703; 6 vs 0 -> 2 / 64 = 0.03125
+    assert M.mcnemar_exact(7, 1) == pytest.approx(0.0703125) and M.mcnemar_exact(0, 6) == pytest.approx(0.03125)
+    assert M.mcnemar_exact(0, 0) == 1.0 and M.mcnemar_exact(3, 3) == 1.0
+    m = M.mean_summary([1.0, 2.0, 3.0])
+    assert m["mean"] == 2.0 and m["hi"] - m["mean"] == pytest.approx(1.959964 * 1.0 / math.sqrt(3), rel=1e-5)
+
+
+def test_nearest_view_judge():
+    rng = np.random.default_rng(0)
+    truth, other = rng.uniform(-1, 1, (2, 3, 8, 8))
+    assert M.nearest_view_retrieved(truth, truth, other[None])             # the view itself
+    assert not M.nearest_view_retrieved(other, truth, other[None])         # a copy of another view
+    assert M.nearest_view_retrieved(truth + 0.1, truth, other[None])       # near the truth
+    assert not M.nearest_view_retrieved(0.5 * (truth + other), truth, np.stack([other, 0.5 * (truth + other)]))

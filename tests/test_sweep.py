@@ -27,7 +27,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweepdata")
     write_synthetic_shards(root / "episodes", num_shards=1, episodes_per_shard=3, length=72, size=8, seed=2)
     run_encode(EncodeConfig(in_dir=str(root / "episodes"), out_dir=str(root / "latents"), backend="local"))
-    build_eval_cases(root / "latents", num_cases=3, max_memory=8, horizon=4, seed=0, window=4)
+    build_eval_cases(root / "latents", cases_per_bin=1, max_memory=8, horizon=4, seed=0, window=4)
     build_rollout_cases(root / "latents", num_cases=1, max_memory=8, horizon=64, seed=0)
     return root / "latents"
 

@@ -28,7 +28,7 @@ from pipeline.cli import field, parse_config, to_json
 
 # --quick overrides these fields (only where the command line left the default).
 QUICK = dict(out="runs/demo-quick", episodes=4, length=128, batch_size=4, memory_length=8, window=4,
-             train_steps=12, eval_cases=3, rollout_cases=0, eval_steps=4, probe_steps=30)
+             train_steps=12, eval_cases=1, rollout_cases=0, eval_steps=4, probe_steps=30)
 STAGES = ("collect", "encode", "eval_cases", "train", "evaluate")
 
 
@@ -46,7 +46,7 @@ class DemoConfig:
     batch_size: int = field(8, "clips per training step")
     train_steps: int = field(150, "optimizer steps")
     lr: float = field(5e-4, "Adam learning rate")
-    eval_cases: int = field(12, "memory retrieval cases (spread over the gap bins)")
+    eval_cases: int = field(12, "memory retrieval cases per gap bin and case kind (room / exact revisits)")
     rollout_cases: int = field(2, "64-frame rollouts for PSNR by segment (0 = skip)")
     eval_steps: int = field(8, "denoising steps per AR step when sampling")
     probe_steps: int = field(300, "optimizer steps of the scene probe at most")
@@ -116,7 +116,7 @@ def eval_cases(cfg: DemoConfig) -> dict:
     from pipeline.eval_cases import build_eval_cases, build_rollout_cases
 
     latents = cfg.root / "latents"
-    cases = build_eval_cases(latents, num_cases=cfg.eval_cases, max_memory=112, horizon=2 * cfg.window,
+    cases = build_eval_cases(latents, cases_per_bin=cfg.eval_cases, max_memory=112, horizon=2 * cfg.window,
                              seed=cfg.seed, window=cfg.window)
     rollouts = build_rollout_cases(latents, num_cases=cfg.rollout_cases, seed=cfg.seed) if cfg.rollout_cases else None
     return {"cases": str(cases), "rollout_cases": str(rollouts) if rollouts else ""}

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Sequence
+
 import torch
 
 SCHEDULES = ("sigmoid", "cosine")
@@ -103,9 +105,20 @@ class Diffusion:
         abar = self.alpha_bar.to(k.device)[k.long()]
         return abar / (1 - abar)
 
-    def randn(self, shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
-        """Standard normal noise clamped to +-clip_noise (App. J), drawn on the generator's device."""
-        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+    def randn(self, shape, generator: torch.Generator | Sequence[torch.Generator], device,
+              dtype=torch.float32) -> torch.Tensor:
+        """Standard normal noise clamped to +-clip_noise (App. J), drawn on the generator's device.
+
+        `generator` may be a sequence of shape[0] generators, one per batch item: item b's noise then comes from
+        generator[b] alone, so a sample does not depend on which other items share its batch (evaluation seeds
+        one generator per case)."""
+        if isinstance(generator, torch.Generator):
+            noise = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+        else:
+            if len(generator) != shape[0]:
+                raise ValueError(f"randn: {len(generator)} generators for a batch of {shape[0]}")
+            noise = torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype)
+                                 for g in generator])
         return noise.clamp_(-self.clip_noise, self.clip_noise).to(device)
 
     # -- forward process and parameterisations --------------------------------------------------------

@@ -2,24 +2,28 @@
 
     python -m training.evaluate --checkpoint runs/train/tiny-prepend-m16-none-w16-s0/local/checkpoint_00001000 \
         --cases runs/demo/latents/eval_cases.parquet --out-dir runs/eval
+    python -m training.evaluate --checkpoint ... --memory-lengths 4 16      # one model at two memory lengths, paired
+    python -m training.evaluate --oracle copy --memory-lengths 16 --cases data/maze/eval_cases.parquet  # no model
     python -m training.evaluate --checkpoint ... --cases ... --sampler fifo --steps 16 --device cuda
 
-Generation: Meta-ARVDM (`training.sampler.sample`) with a preset schedule (`--sampler`, `--steps`) from the
-case's ground-truth memory (its last `memory_length` real frames, padding dropped) and its return-path actions.
-Figures (definitions in training/metrics.py):
-  retrieval/<bin>   share of retrieval cases whose revisit frames the scene probe reads as the ground truth's
-                    labels (strict majority of revisit frames, all probe heads equal); judged only if the probe's
-                    held-out accuracy on real frames >= 0.95 (`probe_valid`); bins 0-16, 16-48, 48-112 (Table 1)
-  ssim/<bin>        SSIM of generated vs ground-truth revisit frames (Table 2)
-  psnr/<segment>    PSNR per 16-frame segment of 64-frame rollouts from ground-truth memory; psnr_max_decay =
-                    psnr/0-16 - psnr/48-64 (Tables 3-4)
-  sec_per_frame, flops_per_frame   sampling cost per generated frame (wall clock here; FLOPs from training.cost)
-Outputs in --out-dir: results.json, results.md (Table 1/2/3 layouts), side-by-side GIF/MP4 (ground truth |
-generated, generated outlined red, given context blue), PNG plots; all logged to MLflow (the checkpoint's
-training run if its store has it, else a new run).
+Generation: Meta-ARVDM (`training.sampler.sample`) with a preset schedule (`--sampler`, `--steps`) from the case's
+ground-truth memory (its last L real frames, padding dropped; L = each of --memory-lengths, default the model's)
+and its actions, with one noise generator per case (seeded by --seed and the case's index), so results do not
+depend on --batch-size and two memory lengths are compared on the same cases and the same noise.
+Judges and figures (exact definitions: docs/evaluate.md, "Metric spec"; code: training/judges.py):
+  retrieval by bin of d (frames from the first generated frame back to the last sighting; 0-16, 16-48, 48-112,
+  Table 1) with 95% Wilson intervals, per case kind: revisit (room returns, read by the scene probe) and exact
+  (pose returns, judged by nearest view); beside the model rows the calibration rows that need no model:
+  ground truth, copy at each memory length (a perfect memory), repeat last frame, another episode (chance);
+  paired comparisons (discordant counts, exact McNemar p) between memory lengths; a retrieval-vs-d curve;
+  SSIM and PSNR on exact revisits (Table 2); PSNR per 16-frame segment of 64-frame rollouts and the max decay
+  (Tables 3-4); sampling cost (seconds and FLOPs per generated frame).
+Outputs in --out-dir: results.json, results.md, side-by-side GIF/MP4 (a retrieved and a missed case), PNG plots;
+all logged to MLflow (the checkpoint's training run if its store has it, else a new run).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -29,11 +33,13 @@ import numpy as np
 import torch
 
 from pipeline.cli import field, parse_config, to_json
+from training import judges as J
 from training import metrics as M
-from training.eval_report import _json_safe, results_markdown, save_videos, to_pixels
+from training.eval_report import _json_safe, plot_results, results_markdown, save_videos, to_pixels
 
 SAMPLERS = ("outpainting", "fifo", "df_pyramid", "df_chunked")
-RESULT_KEYS = tuple([f"retrieval/{b}" for b in M.GAP_BINS] + [f"ssim/{b}" for b in M.GAP_BINS]
+BINS = ("0-16", "16-48", "48-112")
+RESULT_KEYS = tuple([f"retrieval/{b}" for b in BINS] + [f"ssim/{b}" for b in BINS]
                     + [f"psnr/{s}" for s in M.SEGMENTS]
                     + ["psnr_max_decay", "probe_accuracy", "sec_per_frame", "flops_per_frame"])
 
@@ -45,16 +51,21 @@ class EvalConfig:
     rollout_cases: str = field("", "rollout cases (64 frames) for PSNR by segment; default rollout_cases.parquet "
                                    "beside --cases, built into --out-dir from the cases' data folder if missing")
     out_dir: str = field("runs/eval", "output folder: results.json, results.md, videos, plots")
+    memory_lengths: list[int] = field([], "memory lengths L to run the model at, paired on the same cases and noise "
+                                          "(e.g. 4 16); default: the model's memory length")
+    oracle: str = field("", "run a generator that needs no model instead of --checkpoint",
+                        choices=["", "ground_truth", "copy", "last_frame", "other_episode"])
+    calibration: bool = field(True, "score the calibration rows (oracles) beside the model (cached beside --cases)")
     probe_data: str = field("", "folder of real labelled frames for the scene probe; default the cases' folder")
     sampler: str = field("outpainting", "Meta-ARVDM schedule preset", choices=list(SAMPLERS))
     steps: int = field(20, "denoising steps (outpainting) or sub-steps per AR step (df_*); fifo ignores it")
     weights: str = field("ema", "which weights of the checkpoint", choices=["ema", "model"])
-    num_cases: int = field(0, "retrieval cases to use (0 = all)")
+    num_cases: int = field(0, "retrieval cases to use, in file order (0 = all)")
     num_rollout_cases: int = field(8, "rollout cases to use (0 = skip PSNR by segment)")
-    batch_size: int = field(8, "cases generated together")
-    num_videos: int = field(4, "side-by-side videos to save and log")
+    batch_size: int = field(8, "cases generated together (results do not depend on it)")
+    num_videos: int = field(4, "side-by-side videos to save and log (retrieved and missed cases alternately)")
     device: str = field("auto", "torch device: auto | cpu | cuda | cuda:N")
-    seed: int = field(0, "seed of the sampler's noise")
+    seed: int = field(0, "seed of the sampler's noise (one generator per case)")
     probe_max_steps: int = field(3000, "scene probe: optimiser steps at most (when it has to be trained)")
     probe_max_frames: int = field(20000, "scene probe: real frames used at most")
     probe_heads: list[str] = field([], "scene labels retrieval is judged on (room floor_texture wall_texture "
@@ -67,9 +78,15 @@ class EvalConfig:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r}: valid values are {list(SAMPLERS)}")
+        if self.oracle and self.oracle not in J.ORACLES:
+            raise ValueError(f"--oracle {self.oracle!r}: valid values are {list(J.ORACLES)}")
+        if self.oracle == "copy" and not self.memory_lengths:
+            raise ValueError("--oracle copy needs --memory-lengths (the memory the perfect copier has), e.g. 16")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
+        if any(L < 0 for L in self.memory_lengths):
+            raise ValueError(f"--memory-lengths {self.memory_lengths}: expected values >= 0")
         from pipeline.schema import SCENE_LABELS
 
         bad = [h for h in self.probe_heads if h not in SCENE_LABELS]
@@ -151,12 +168,14 @@ def probe_settings(cfg: EvalConfig):
 
 # ---------------------------------------------------------------------------------------------- generation
 
-def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device) -> tuple[list[np.ndarray], float, int]:
-    """Generate every case's frames; returns (per-case (n,C,H,W) arrays, sampling seconds, clip-calls: the
-    number of (one clip) x (one denoiser call) evaluations, so FLOPs = clip_calls * FLOPs of one window)."""
+def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device,
+             memory_length: int) -> tuple[list[np.ndarray], float, int]:
+    """Generate every case's frames with the model's memory cut to `memory_length` frames; returns (per-case
+    (n,C,H,W) arrays, sampling seconds, clip-calls: (one clip) x (one denoiser call) evaluations, so FLOPs =
+    clip_calls * FLOPs of one window). Case i's noise comes from its own generator (seed, i) alone."""
     from training.sampler import sample
 
-    L = model_cfg.memory_length if model_cfg.memory != "none" else 0
+    L = memory_length if model_cfg.memory != "none" else 0
     out: list[np.ndarray | None] = [None] * len(cases)
     # Group cases with the same real-memory count and length, so no padding is passed as memory.
     groups: dict[tuple[int, int], list[int]] = {}
@@ -171,46 +190,23 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
 
     for (m0, n), idx in sorted(groups.items()):
         for j in range(0, len(idx), cfg.batch_size):
-            batch = [cases[i] for i in idx[j:j + cfg.batch_size]]
+            part = idx[j:j + cfg.batch_size]
+            batch = [cases[i] for i in part]
             acts = torch.as_tensor(np.stack([c.actions for c in batch]), dtype=torch.long, device=device)
             mem_x = mem_a = None
             if m0:
                 mem_x = torch.as_tensor(np.stack([c.memory_x[-m0:] for c in batch]), device=device)
                 mem_a = torch.as_tensor(np.stack([c.memory_actions[-m0:] for c in batch]), dtype=torch.long, device=device)
-            gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + idx[j])
+            gens = [torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + i) for i in part]
             t0 = time.perf_counter()
-            x = sample(counted, diffusion, schedule, acts, mem_x, mem_a, L, gen,
+            x = sample(counted, diffusion, schedule, acts, mem_x, mem_a, L, gens,
                        frame_shape=tuple(batch[0].target_x.shape[1:]))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds += time.perf_counter() - t0
-            for i, xi in zip(idx[j:j + cfg.batch_size], x.float().cpu().numpy()):
+            for i, xi in zip(part, x.float().cpu().numpy()):
                 out[i] = xi
     return out, seconds, counter["n"]
-
-
-# ---------------------------------------------------------------------------------------------- scoring
-
-def score_retrieval(cases, generated, probe, probe_heads) -> list[dict]:
-    """Per case: bin, retrieved (bool), ssim (mean over revisit frames), probe agreement on ground truth."""
-    from pipeline.schema import SCENE_LABELS
-    from training.probe import predict_labels
-
-    heads = [SCENE_LABELS.index(h) for h in probe_heads]
-    rows = []
-    for case, gen in zip(cases, generated):
-        rev = np.flatnonzero(case.revisit_gap >= 0)
-        if rev.size == 0:
-            continue
-        gen_px, gt_px = to_pixels(gen[rev], case.encoder), to_pixels(case.target_x[rev], case.encoder)
-        row = {"episode_id": case.episode_id, "gap_bin": case.gap_bin, "gap": int(case.gap),
-               "num_revisit_frames": int(rev.size), "ssim": float(M.ssim_per_frame(gen_px, gt_px).mean())}
-        if probe is not None:
-            truth = case.target_scene[rev]
-            row["retrieved"] = M.case_retrieved(predict_labels(probe, gen_px), truth, heads)
-            row["probe_reads_truth"] = float(M.frames_match(predict_labels(probe, gt_px), truth, heads).mean())
-        rows.append(row)
-    return rows
 
 
 def score_rollouts(cases, generated) -> dict[str, float]:
@@ -218,6 +214,36 @@ def score_rollouts(cases, generated) -> dict[str, float]:
     if not segs:
         return {s: math.nan for s in M.SEGMENTS}
     return {s: float(np.mean([d[s] for d in segs])) for s in M.SEGMENTS}
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+def calibration_rows(cases_path: Path, cases, lengths: list[int], probe, report, num_cases: int) -> dict[str, list]:
+    """Per-case rows of the oracles (ground truth, copy at each length, last frame, other episode), computed once
+    per (case file, probe, judged labels) and cached in <cases>.oracles.json beside the case file."""
+    from pipeline.eval_cases import case_file_fingerprint
+    from pipeline.shards import write_json_atomic
+
+    heads = report.judge_heads if report else []
+    key = json.dumps({"cases": case_file_fingerprint(cases_path), "num_cases": num_cases, "heads": heads,
+                      "probe": report.data_fingerprint if report else "", "probe_steps": report.steps if report else 0})
+    cache_path = cases_path.with_name(cases_path.stem + ".oracles.json")
+    cache = {}
+    if cache_path.exists():
+        cache = json.loads(cache_path.read_text())
+        cache = cache if cache.get("key") == key else {}
+    rows = cache.get("rows", {})
+    wanted = [("ground truth", "ground_truth", 0)] + [(f"copy m={L}", "copy", L) for L in lengths if L > 0] + \
+             [("repeat last frame", "last_frame", 0), ("other episode", "other_episode", 0)]
+    missing = [w for w in wanted if w[0] not in rows]
+    for name, oracle, L in missing:
+        rows[name] = J.judge_cases(cases, J.oracle_frames(cases, oracle, L), probe, heads)
+    if missing:
+        try:
+            write_json_atomic(_json_safe({"key": key, "rows": rows}), cache_path)
+        except OSError as e:  # a read-only data folder: computed again next time
+            print(f"[evaluate] calibration cache not written ({cache_path}: {e.strerror})", flush=True)
+    return {name: rows[name] for name, _, _ in wanted}
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -233,84 +259,111 @@ def run_evaluation(cfg: EvalConfig) -> dict:
         torch.set_num_threads(threads)
 
 
+def _headline(rows: list[dict], valid: dict, probe_valid: bool) -> dict:
+    """retrieval/<bin> pooled over the case kinds whose judge is valid in that bin, with its interval."""
+    out = {}
+    for b in BINS:
+        kinds = [k for k in ("revisit", "exact") if valid.get(k, {}).get(b) and (k != "revisit" or probe_valid)]
+        s = J.pooled_rate(rows, b, kinds)
+        out.update({f"retrieval/{b}": s["rate"], f"retrieval_lo/{b}": s["lo"], f"retrieval_hi/{b}": s["hi"],
+                    f"retrieval_n/{b}": s["n"]})
+    return out
+
+
 def _evaluate(cfg: EvalConfig) -> dict:
     from pipeline.eval_cases import ROLLOUT_CASES, build_rollout_cases, load_eval_cases
-    from training.cost import forward_flops
-    from training.diffusion import Diffusion
-    from training.media import plot_bars, plot_lines, save_figure
     from training.probe import load_or_train_probe
-    from training.schedules import build_schedule
 
     out_dir = Path(cfg.out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    # [1] model, cases, schedule
-    net, model_cfg, state = load_model(cfg.checkpoint, cfg.weights)
-    net.to(device)
-    train_cfg = state.get("train_config") or {}
-    cases_path = resolve_cases(cfg, state)
-    cases = load_eval_cases(cases_path)
-    cases = [c for c in cases if c.kind == "revisit"][:cfg.num_cases or None]
+    # [1] model (or oracle), cases
+    if cfg.oracle:
+        net, model_cfg, state, train_cfg = None, None, {"_path": f"oracle:{cfg.oracle}", "step": 0}, {}
+        if not cfg.cases:
+            raise ValueError("--oracle needs --cases (there is no checkpoint to name a data folder)")
+        cases_path = resolve_cases(cfg, state)
+    else:
+        net, model_cfg, state = load_model(cfg.checkpoint, cfg.weights)
+        net.to(device)
+        train_cfg = state.get("train_config") or {}
+        cases_path = resolve_cases(cfg, state)
+    cases = [c for c in load_eval_cases(cases_path) if c.kind != "rollout"][:cfg.num_cases or None]
     if not cases:
-        raise ValueError(f"--cases {cases_path}: no revisit cases; the data in {cases_path.parent} has no revisit "
-                         f"episodes: collect with `--agent revisit` and rebuild with pipeline.eval_cases")
-    check_cases(cases, model_cfg, cases_path, "retrieval")
-    rollouts = []
-    if cfg.num_rollout_cases:
-        rpath = Path(cfg.rollout_cases) if cfg.rollout_cases else cases_path.parent / ROLLOUT_CASES
-        if not rpath.exists():
-            rpath = build_rollout_cases(cases_path.parent, out_dir / ROLLOUT_CASES, cfg.num_rollout_cases,
-                                        horizon=M.SEGMENT_LENGTH * M.NUM_SEGMENTS, seed=cfg.seed)
-        rollouts = [c for c in load_eval_cases(rpath) if len(c.actions) >= M.SEGMENT_LENGTH * M.NUM_SEGMENTS]
-        rollouts = rollouts[:cfg.num_rollout_cases]
-        if rollouts:
-            check_cases(rollouts, model_cfg, rpath, "rollout")
-    schedule = build_schedule(cfg.sampler, model_cfg.window, cfg.steps)
-    diffusion = Diffusion(num_timesteps=train_cfg.get("num_timesteps", 1000), schedule=train_cfg.get("schedule", "sigmoid"))
+        raise ValueError(f"--cases {cases_path}: no retrieval cases; the data in {cases_path.parent} has no revisit "
+                         f"episodes: collect with `--agent revisit` (or lookback) and rebuild with pipeline.eval_cases")
+    own = model_cfg.memory_length if model_cfg and model_cfg.memory != "none" else 0
+    lengths = sorted(set(cfg.memory_lengths)) if cfg.memory_lengths else [own]
+    if model_cfg:
+        check_cases(cases, model_cfg, cases_path, "retrieval")
+    rollouts = _rollouts(cfg, cases_path, out_dir, model_cfg) if net is not None else []
     # [2] scene probe (trained once per data folder, then reused)
     probe_dir = Path(cfg.probe_data) if cfg.probe_data else cases_path.parent
     probe, report = None, None
     try:
         probe, report = load_or_train_probe(probe_dir, probe_settings(cfg), device=device)
-    except ValueError as e:  # no scene labels in this dataset: retrieval is not judged, SSIM/PSNR still are
+    except ValueError as e:  # no scene labels in this dataset: revisit cases are not judged, exact cases still are
         print(f"[evaluate] scene probe unavailable: {e}", flush=True)
-    # [3] generate and score
-    print(f"[evaluate] {len(cases)} retrieval + {len(rollouts)} rollout cases, {schedule.describe()}, {device}", flush=True)
-    gen_cases, sec_a, calls_a = generate(net, model_cfg, cases, schedule, diffusion, cfg, device)
-    gen_rolls, sec_b, calls_b = generate(net, model_cfg, rollouts, schedule, diffusion, cfg, device) if rollouts else ([], 0.0, 0)
-    rows = score_retrieval(cases, gen_cases, probe, report.judge_heads if report else [])
-    bins = [r["gap_bin"] for r in rows]
-    psnr = score_rollouts(rollouts, gen_rolls)
-    num_frames = sum(len(c.actions) for c in cases) + sum(len(c.actions) for c in rollouts)
-    fwd, _ = forward_flops(model_cfg, model_cfg.window)  # one denoiser call on one clip of w frames
-    metrics = {**{f"retrieval/{b}": v for b, v in M.mean_by_bin([r.get("retrieved", math.nan) for r in rows], bins).items()},
-               **{f"ssim/{b}": v for b, v in M.mean_by_bin([r["ssim"] for r in rows], bins).items()},
-               **{f"psnr/{s}": v for s, v in psnr.items()},
-               "psnr_max_decay": M.max_psnr_decay(psnr),
-               "probe_accuracy": report.accuracy if report else math.nan,
-               "sec_per_frame": (sec_a + sec_b) / max(1, num_frames),
-               "flops_per_frame": fwd * (calls_a + calls_b) / max(1, num_frames)}
-    probe_valid = bool(report and report.valid)  # False: the retrieval figures are reported but do not count
-    metrics["probe_valid"] = probe_valid
-    metrics["probe_reads_truth"] = float(np.mean([r["probe_reads_truth"] for r in rows])) if probe and rows else math.nan
-    # [4] write and log
-    results = {"metrics": metrics, "probe_valid": probe_valid, "checkpoint": state["_path"], "step": state.get("step", 0),
-               "model_config": asdict(model_cfg), "config": asdict(cfg), "device": str(device),
-               "cases_file": str(cases_path), "num_retrieval_cases": len(cases), "num_rollout_cases": len(rollouts),
-               "cases_per_bin": {b: bins.count(b) for b in M.GAP_BINS}, "probe": asdict(report) if report else {},
-               "cases": rows, "schedule": schedule.describe()}
+    heads = report.judge_heads if report else []
+    # [3] generate and judge: one row set per memory length (model) or the oracle
+    gens, rows, cost = {}, {}, {"seconds": 0.0, "calls": 0, "frames": 0}
+    for L in lengths:
+        name = f"{cfg.oracle.replace('_', ' ')}" + (f" m={L}" if cfg.oracle == "copy" else "") if cfg.oracle \
+            else f"model m={L}"
+        if cfg.oracle:
+            gens[name] = J.oracle_frames(cases, cfg.oracle, L)
+        else:
+            schedule, diffusion = _sampler(cfg, model_cfg, train_cfg)
+            print(f"[evaluate] {len(cases)} retrieval cases at memory {L}, {schedule.describe()}, {device}", flush=True)
+            gens[name], sec, calls = generate(net, model_cfg, cases, schedule, diffusion, cfg, device, L)
+            cost = {"seconds": sec, "calls": calls, "frames": sum(len(c.actions) for c in cases)}
+        rows[name] = J.judge_cases(cases, gens[name], probe, heads)
+        if cfg.oracle != "copy" and cfg.oracle:
+            break                                       # other oracles do not depend on L
+    calib = calibration_rows(cases_path, cases, lengths, probe, report, len(cases)) if cfg.calibration else {}
+    psnr, sec_b, calls_b, gen_rolls = {s: math.nan for s in M.SEGMENTS}, 0.0, 0, []
+    if rollouts:
+        schedule, diffusion = _sampler(cfg, model_cfg, train_cfg)
+        gen_rolls, sec_b, calls_b = generate(net, model_cfg, rollouts, schedule, diffusion, cfg, device, lengths[-1])
+        psnr = score_rollouts(rollouts, gen_rolls)
+    # [4] summaries, paired comparisons, headline metrics
+    main_name = list(rows)[-1]                          # the longest memory
+    summaries = {name: J.summarise(r) for name, r in {**rows, **calib}.items()}
+    valid = J.judge_valid(summaries["ground truth"]) if calib else {}
+    pairs = [{"a": main_name, "b": name, "by_bin": J.paired(rows[main_name], rows[name])}
+             for name in list(rows)[:-1]]
+    probe_valid = bool(report and report.valid)
+    metrics = {**_headline(rows[main_name], valid or {k: {b: True for b in BINS} for k in ("revisit", "exact")},
+                           probe_valid),
+               **{f"ssim/{b}": summaries[main_name]["ssim"][b]["mean"] for b in BINS},
+               **{f"psnr/{s}": v for s, v in psnr.items()}, "psnr_max_decay": M.max_psnr_decay(psnr),
+               "probe_accuracy": report.accuracy if report else math.nan, "probe_valid": probe_valid}
+    if net is not None:
+        from training.cost import forward_flops
+
+        num_frames = cost["frames"] + sum(len(c.actions) for c in rollouts)
+        fwd, _ = forward_flops(model_cfg, model_cfg.window)  # one denoiser call on one clip of w frames
+        metrics["sec_per_frame"] = (cost["seconds"] + sec_b) / max(1, num_frames)
+        metrics["flops_per_frame"] = fwd * (cost["calls"] + calls_b) / max(1, num_frames)
+    # [5] write and log
+    results = {"metrics": metrics, "probe_valid": probe_valid, "checkpoint": _relative(state["_path"], out_dir),
+               "step": state.get("step", 0), "model_config": asdict(model_cfg) if model_cfg else {},
+               "config": asdict(cfg), "device": str(device), "cases_file": _relative(str(cases_path), out_dir),
+               "num_retrieval_cases": len(cases), "num_rollout_cases": len(rollouts), "memory_lengths": lengths,
+               "probe": asdict(report) if report else {}, "rows": {n: summaries[n] for n in summaries},
+               "model_rows": list(rows), "judge_valid": valid, "paired": pairs, "cases": rows[main_name],
+               "schedule": _sampler(cfg, model_cfg, train_cfg)[0].describe() if net is not None else cfg.oracle}
     from pipeline.shards import write_json_atomic
 
     write_json_atomic(_json_safe(results), out_dir / "results.json")
     md = results_markdown(results)
     (out_dir / ".results.md.tmp").write_text(md)
     (out_dir / ".results.md.tmp").replace(out_dir / "results.md")
-    videos = save_videos(cases, gen_cases, out_dir, "revisit", cfg.num_videos)
-    videos += save_videos(rollouts, gen_rolls, out_dir, "rollout", min(cfg.num_videos, 2))
-    figs = {"retrieval_by_gap.png": plot_bars({b: metrics[f"retrieval/{b}"] for b in M.GAP_BINS}, "Retrieval rate by gap",
-                                              "retrieval rate", (0, 1)),
-            "ssim_by_gap.png": plot_bars({b: metrics[f"ssim/{b}"] for b in M.GAP_BINS}, "SSIM of revisit frames", "SSIM"),
-            "psnr_by_segment.png": plot_lines({model_cfg.memory: psnr}, "PSNR by 16-frame segment", "PSNR (dB)")}
+    videos = save_videos(cases, gens[main_name], rows[main_name], out_dir, "retrieval", cfg.num_videos)
+    videos += save_videos(rollouts, gen_rolls, [], out_dir, "rollout", min(cfg.num_videos, 2))
+    figs = plot_results(results, psnr)
+    from training.media import save_figure
+
     for name, fig in figs.items():
         save_figure(fig, out_dir / name)
     if cfg.mlflow:
@@ -318,6 +371,43 @@ def _evaluate(cfg: EvalConfig) -> dict:
         write_json_atomic(_json_safe(results), out_dir / "results.json")
     print(md, flush=True)
     return metrics
+
+
+def _relative(path: str, out_dir: Path) -> str:
+    """A path as logged: relative to the output folder where it lies under it or its parent, else its name."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    for base in (out_dir, out_dir.parent):
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            continue
+    return p.name if not path.startswith("oracle:") else path
+
+
+def _sampler(cfg: EvalConfig, model_cfg, train_cfg: dict):
+    from training.diffusion import Diffusion
+    from training.schedules import build_schedule
+
+    return (build_schedule(cfg.sampler, model_cfg.window, cfg.steps),
+            Diffusion(num_timesteps=train_cfg.get("num_timesteps", 1000), schedule=train_cfg.get("schedule", "sigmoid")))
+
+
+def _rollouts(cfg: EvalConfig, cases_path: Path, out_dir: Path, model_cfg) -> list:
+    from pipeline.eval_cases import ROLLOUT_CASES, build_rollout_cases, load_eval_cases
+
+    if not cfg.num_rollout_cases:
+        return []
+    rpath = Path(cfg.rollout_cases) if cfg.rollout_cases else cases_path.parent / ROLLOUT_CASES
+    if not rpath.exists():
+        rpath = build_rollout_cases(cases_path.parent, out_dir / ROLLOUT_CASES, cfg.num_rollout_cases,
+                                    horizon=M.SEGMENT_LENGTH * M.NUM_SEGMENTS, seed=cfg.seed)
+    rollouts = [c for c in load_eval_cases(rpath) if len(c.actions) >= M.SEGMENT_LENGTH * M.NUM_SEGMENTS]
+    rollouts = rollouts[:cfg.num_rollout_cases]
+    if rollouts:
+        check_cases(rollouts, model_cfg, rpath, "rollout")
+    return rollouts
 
 
 def log_to_mlflow(cfg, state, train_cfg, out_dir: Path, metrics, videos, figs) -> str:

@@ -18,25 +18,17 @@ All frames are float (T,C,H,W) pixels in [-1,1] (decode latents first).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-GAP_BINS: dict[str, tuple[int, int]] = {"0-16": (0, 16), "16-48": (16, 48), "48-112": (48, 112)}
 SEGMENT_LENGTH = 16
 NUM_SEGMENTS = 4
 SEGMENTS = tuple(f"{i * SEGMENT_LENGTH}-{(i + 1) * SEGMENT_LENGTH}" for i in range(NUM_SEGMENTS))
 PSNR_CAP_DB = 100.0  # PSNR of identical frames (MSE 0) is reported as this, not inf
 DATA_RANGE = 2.0     # pixels in [-1,1]
-
-
-def gap_bin(gap: int) -> str | None:
-    """The Table 1 bin of a revisit gap in frames (lower bound inclusive, upper exclusive), None outside."""
-    for name, (lo, hi) in GAP_BINS.items():
-        if lo <= gap < hi:
-            return name
-    return None
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -86,14 +78,52 @@ def case_retrieved(pred_labels: np.ndarray, true_labels: np.ndarray, heads: Sequ
     return bool(match.sum() * 2 > match.size)
 
 
-def mean_by_bin(values: Iterable[float], bins: Iterable[str]) -> dict[str, float]:
-    """{bin: mean of the values in it} for every Table 1 bin; NaN where a bin has no cases."""
-    acc: dict[str, list[float]] = {b: [] for b in GAP_BINS}
-    for v, b in zip(values, bins):
-        if b not in acc:
-            raise ValueError(f"gap bin {b!r} unknown; valid: {list(GAP_BINS)}")
-        acc[b].append(float(v))
-    return {b: (float(np.mean(v)) if v else math.nan) for b, v in acc.items()}
+def nearest_view_retrieved(generated: np.ndarray, truth: np.ndarray, distractors: np.ndarray) -> bool:
+    """Exact-revisit judge: (C,H,W) generated frame, (C,H,W) ground truth, (K,C,H,W) other views of the episode
+    (memory frames of other poses) -> True when the ground truth is strictly the nearest of them all in mean
+    squared error: the model produced *that* view rather than another one it had seen."""
+    gen = np.asarray(generated, np.float64)
+    d_true = float(((gen - truth) ** 2).mean())
+    if len(distractors) == 0:
+        return True
+    d_other = ((np.asarray(distractors, np.float64) - gen[None]) ** 2).reshape(len(distractors), -1).mean(1)
+    return bool(d_true < d_other.min())
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a rate k/n (Wilson 1927); (nan, nan) for n = 0."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_summary(outcomes: Sequence[bool]) -> dict:
+    """{rate, n, successes, lo, hi}: a success rate with its 95% Wilson interval (rate NaN for no cases)."""
+    n, k = len(outcomes), int(sum(bool(o) for o in outcomes))
+    lo, hi = wilson_interval(k, n)
+    return {"rate": k / n if n else math.nan, "n": n, "successes": k, "lo": lo, "hi": hi}
+
+
+def mean_summary(values: Sequence[float]) -> dict:
+    """{mean, n, lo, hi}: a mean with a 95% normal-approximation interval (mean +- 1.96 sd / sqrt(n))."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return {"mean": math.nan, "n": 0, "lo": math.nan, "hi": math.nan}
+    half = Z95 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else math.nan
+    return {"mean": float(v.mean()), "n": int(v.size), "lo": float(v.mean() - half), "hi": float(v.mean() + half)}
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts of a paired comparison (cases only A got right,
+    cases only B got right): 2 * P(Binomial(a_only + b_only, 1/2) <= min), capped at 1; 1.0 with no discordant pair."""
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
 
 
 def psnr_by_segment(generated, ground_truth, segment_length: int = SEGMENT_LENGTH,

@@ -27,9 +27,9 @@ from tuning.grid import BUDGETS, COMPRESSIONS, GRIDS, STRUCTURES, Combo, build_g
 PRESETS = ("demo", "paper")
 # Per-preset training/evaluation sizes; flags left at 0 take these.
 PRESET_VALUES = {
-    "demo": dict(model_preset="tiny", steps=30, batch_size=4, window=8, eval_steps=4, num_cases=12,
+    "demo": dict(model_preset="tiny", steps=30, batch_size=4, window=8, eval_steps=4, num_cases=0,
                  num_rollout_cases=2, probe_max_steps=600, cpus_per_trial=0.5, gpus_per_trial=0.0),
-    "paper": dict(model_preset="paper", steps=100_000, batch_size=32, window=16, eval_steps=10, num_cases=300,
+    "paper": dict(model_preset="paper", steps=100_000, batch_size=32, window=16, eval_steps=10, num_cases=0,
                   num_rollout_cases=32, probe_max_steps=3000, cpus_per_trial=4.0, gpus_per_trial=1.0),
 }
 
