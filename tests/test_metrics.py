@@ -36,6 +36,9 @@ def test_ssim_identical_inverted_and_unrelated():
     unrelated = M.ssim_per_frame(_frames(seed=1), gt)
     assert (np.abs(unrelated) < 0.2).all()
     assert M.ssim_per_frame(_frames(2, size=6), _frames(2, size=6)).shape == (2,)  # window shrinks to fit
+    # constant frames: only the luminance term is left, (2ab + C1) / (a^2 + b^2 + C1), C1 = 0.01^2, on [0, 1] pixels
+    a, b = torch.full((1, 3, 16, 16), 0.0), torch.full((1, 3, 16, 16), -0.5)       # 0.5 and 0.25 on [0, 1]
+    assert M.ssim_per_frame(b, a)[0] == pytest.approx((2 * 0.5 * 0.25 + 1e-4) / (0.25 + 0.0625 + 1e-4), abs=1e-5)
     with pytest.raises(ValueError, match="must both be"):
         M.ssim_per_frame(gt, gt[:2])
 

@@ -71,13 +71,15 @@ def _paired_table(results: dict) -> list[str]:
     if not results["paired"]:
         return []
     lines = ["### Paired comparisons (same cases, same noise)", "",
-             "A-only / B-only = cases only A / only B retrieved; p = exact two-sided McNemar.", "",
-             "| A vs B | kind | bin | pairs | A-only | B-only | p |", "|---|---|---|---|---|---|---|"]
+             "By which memory holds the source (d), then by Table 1 bin. A-only / B-only = cases only A / only B "
+             "retrieved; p = exact two-sided McNemar.", "",
+             "| A vs B | kind | d | pairs | A rate | B rate | A-only | B-only | p |", "|---|---|---|---|---|---|---|---|---|"]
     for pair in results["paired"]:
-        for kind, bins in pair["by_bin"].items():
-            for b, s in bins.items():
-                lines.append(f"| {pair['a']} vs {pair['b']} | {kind} | {b} | {s['n']} | {s['a_only']} | "
-                             f"{s['b_only']} | {s['p']:.3g} |")
+        for key in ("by_coverage", "by_bin"):
+            for kind, bins in pair.get(key, {}).items():
+                for b, s in bins.items():
+                    lines.append(f"| {pair['a']} vs {pair['b']} | {kind} | {b} | {s['n']} | {s['a_rate']:.2f} | "
+                                 f"{s['b_rate']:.2f} | {s['a_only']} | {s['b_only']} | {s['p']:.3g} |")
     return lines + [""]
 
 

@@ -330,8 +330,9 @@ def _evaluate(cfg: EvalConfig) -> dict:
     main_name = list(rows)[-1]                          # the longest memory
     summaries = {name: J.summarise(r) for name, r in {**rows, **calib}.items()}
     valid = J.judge_valid(summaries["ground truth"]) if calib else {}
-    pairs = [{"a": main_name, "b": name, "by_bin": J.paired(rows[main_name], rows[name])}
-             for name in list(rows)[:-1]]
+    pairs = [{"a": main_name, "b": name, "by_bin": J.paired(rows[main_name], rows[name]),
+              "by_coverage": J.paired(rows[main_name], rows[name], J.coverage_groups(lengths[-1], L))}
+             for name, L in zip(list(rows)[:-1], lengths)]
     probe_valid = bool(report and report.valid)
     metrics = {**_headline(rows[main_name], valid or {k: {b: True for b in BINS} for k in ("revisit", "exact")},
                            probe_valid),

@@ -155,22 +155,32 @@ def pooled_rate(rows: Sequence[dict], bin_name: str, kinds: Sequence[str]) -> di
                            and r["retrieved"] is not None])
 
 
-def paired(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> dict:
-    """Paired comparison of two generators on the same cases (same noise): per kind and bin of d, the number of
-    pairs, the discordant counts (only A retrieved / only B retrieved) and the exact McNemar p-value."""
+def coverage_groups(long: int, short: int) -> dict[str, tuple[int, int]]:
+    """Bins of d (lo < d <= hi) by which of two memory lengths holds the source: both, only the longer, neither."""
+    return {f"both hold (d <= {short})": (0, short), f"only m={long} holds ({short} < d <= {long})": (short, long),
+            f"neither holds (d > {long})": (long, 10**9)}
+
+
+def paired(rows_a: Sequence[dict], rows_b: Sequence[dict], groups: dict[str, tuple[int, int]] | None = None) -> dict:
+    """Paired comparison of two generators on the same cases (same noise): per kind and group of d (default the
+    Table 1 bins; lo < d <= hi), the number of pairs, the discordant counts (only A retrieved / only B retrieved)
+    and the exact McNemar p-value."""
     if [r["case"] for r in rows_a] != [r["case"] for r in rows_b]:
         raise ValueError("paired comparison needs the two generators' rows on the same cases, in the same order")
+    groups = groups or GAP_BINS
     out: dict = {}
     for kind in KINDS:
-        for b in GAP_BINS:
-            pairs = [(x["retrieved"], y["retrieved"]) for x, y in zip(rows_a, rows_b)
-                     if x["kind"] == kind and x["bin"] == b and x["retrieved"] is not None and y["retrieved"] is not None]
+        for name, (lo, hi) in groups.items():
+            pairs = [(x["retrieved"], y["retrieved"]) for x, y in zip(rows_a, rows_b) if x["kind"] == kind
+                     and lo < x["d"] <= hi and x["retrieved"] is not None and y["retrieved"] is not None]
             if not pairs:
                 continue
             a_only = sum(1 for x, y in pairs if x and not y)
             b_only = sum(1 for x, y in pairs if y and not x)
-            out.setdefault(kind, {})[b] = {"n": len(pairs), "a_only": a_only, "b_only": b_only,
-                                           "p": M.mcnemar_exact(a_only, b_only)}
+            out.setdefault(kind, {})[name] = {"n": len(pairs), "a_only": a_only, "b_only": b_only,
+                                              "a_rate": sum(x for x, _ in pairs) / len(pairs),
+                                              "b_rate": sum(y for _, y in pairs) / len(pairs),
+                                              "p": M.mcnemar_exact(a_only, b_only)}
     return out
 
 
