@@ -43,9 +43,18 @@ def test_report_files_hold_the_trials_numbers(tmp_path):
               _trial("prepend-m48-joint8", "prepend", 48, "joint", 8, 0.7, 2.5, 1.5e9),
               {"name": "concat-m16", "status": "error", "error": "RuntimeError: boom",
                "config": {"memory": "concat", "memory_length": 16, "compression": "none", "budget": 16}, "metrics": {}}]
+    trials[0]["calibration"] = {"ground truth": {"0-16": 1.0, "16-48": 0.95, "48-112": 0.9},
+                                "copy m=16": {"0-16": 0.97, "16-48": 0.0, "48-112": 0.0}}
+    trials[1]["calibration"] = {"copy m=48": {"0-16": 0.97, "16-48": 0.96, "48-112": 0.02}}
+    trials[1]["metrics"].update({"retrieval_lo/0-16": 0.7, "retrieval_hi/0-16": 0.88, "retrieval_n/0-16": 100})
     paths = write_report(trials, tmp_path)
     md = paths["results_md"].read_text()
     assert "| prepend | 48 | joint | 8 | 0.70 | 0.35 | 0.00 | 0.97 |" in md
+    assert "| prepend | 48 | N/A | N/A | 0.80 [0.70, 0.88] (100) | 0.40 | 0.00 | 0.97 |" in md   # with its interval
+    calib = [line for line in md.splitlines() if line.startswith("| *calibration")]             # beside the trials
+    assert calib == ["| *calibration: ground truth* | | | | 1.00 | 0.95 | 0.90 | |",
+                     "| *calibration: copy m=16* | | | | 0.97 | 0.00 | 0.00 | |",
+                     "| *calibration: copy m=48* | | | | 0.97 | 0.96 | 0.02 | |"]
     assert "| prepend | 16 | N/A | N/A | 20.00 | 19.00 | 18.40 | 18.00 | 2.00 |" in md
     assert "concat-m16" in md and "boom" in md  # failed trial reported with its error
     assert "r = 1.00" in md  # retrieval rises exactly with decay in these records

@@ -334,8 +334,10 @@ def _evaluate(cfg: EvalConfig) -> dict:
               "by_coverage": J.paired(rows[main_name], rows[name], J.coverage_groups(lengths[-1], L))}
              for name, L in zip(list(rows)[:-1], lengths)]
     probe_valid = bool(report and report.valid)
-    metrics = {**_headline(rows[main_name], valid or {k: {b: True for b in BINS} for k in ("revisit", "exact")},
-                           probe_valid),
+    judged_ok = valid or {k: {b: True for b in BINS} for k in ("revisit", "exact")}
+    calibration = {name: {b: _headline(r, judged_ok, probe_valid)[f"retrieval/{b}"] for b in BINS}
+                   for name, r in calib.items()}
+    metrics = {**_headline(rows[main_name], judged_ok, probe_valid),
                **{f"ssim/{b}": summaries[main_name]["ssim"][b]["mean"] for b in BINS},
                **{f"psnr/{s}": v for s, v in psnr.items()}, "psnr_max_decay": M.max_psnr_decay(psnr),
                "probe_accuracy": report.accuracy if report else math.nan, "probe_valid": probe_valid}
@@ -353,6 +355,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
                "num_retrieval_cases": len(cases), "num_rollout_cases": len(rollouts), "memory_lengths": lengths,
                "probe": asdict(report) if report else {}, "rows": {n: summaries[n] for n in summaries},
                "model_rows": list(rows), "judge_valid": valid, "paired": pairs, "cases": rows[main_name],
+               "calibration": calibration,
                "schedule": _sampler(cfg, model_cfg, train_cfg)[0].describe() if net is not None else cfg.oracle}
     from pipeline.shards import write_json_atomic
 

@@ -60,6 +60,22 @@ def _sorted_ok(trials: list[dict]) -> list[dict]:
                                      t["config"]["memory_length"], t["config"].get("budget", 0)))
 
 
+def _interval(m: dict, b: str) -> str:
+    if f"retrieval_lo/{b}" not in m or m.get(f"retrieval_n/{b}") in (None, 0):
+        return ""
+    return f" [{_fmt(m[f'retrieval_lo/{b}'])}, {_fmt(m[f'retrieval_hi/{b}'])}] ({int(m[f'retrieval_n/{b}'])})"
+
+
+def calibration_rows(trials: list[dict]) -> dict[str, dict]:
+    """{row name: {bin: rate}} of the calibration rows the trials' evaluations scored (same cases in every trial)."""
+    rows: dict[str, dict] = {}
+    for t in trials:
+        rows.update(t.get("calibration") or {})
+    order = [n for n in rows if n == "ground truth"] + sorted((n for n in rows if n.startswith("copy")),
+                                                             key=lambda n: int(n.split("=")[1]))
+    return {n: rows[n] for n in order + [n for n in rows if n not in order]}
+
+
 def _budget_cell(c: dict) -> str:
     return "N/A" if c["compression"] == "none" else str(c["budget"])
 
@@ -73,9 +89,16 @@ def markdown_tables(trials: list[dict]) -> str:
                 + " | ".join(BINS) + " | probe acc. |", "|---|---|---|---|" + "---|" * (len(BINS) + 1)]
         for t in ok:
             c, m = t["config"], t["metrics"]
-            cells = [_fmt(m.get(f"{prefix}/{b}")) for b in BINS]
+            cells = [_fmt(m.get(f"{prefix}/{b}")) + _interval(m, b) * (prefix == "retrieval") for b in BINS]
             out.append(f"| {c['memory']} | {c['memory_length']} | {c['compression'] if c['compression'] != 'none' else 'N/A'}"
                        f" | {_budget_cell(c)} | " + " | ".join(cells) + f" | {_fmt(m.get('probe_accuracy'))} |")
+        if prefix == "retrieval":
+            for name, rates in calibration_rows(ok).items():
+                out.append(f"| *calibration: {name}* | | | | " + " | ".join(_fmt(rates.get(b)) for b in BINS) + " | |")
+            out += ["", "Retrieval: rate [95% Wilson interval] (cases), bins of d = frames from the first generated "
+                    "frame back to the last sighting. Calibration rows need no model (docs/evaluate.md): ground truth "
+                    "(the judge's ceiling), copy m=L (a perfect memory of L frames), repeat last frame, other episode "
+                    "(chance)."]
         out.append("")
     out += ["### Tables 3-4 layout: PSNR per 16-frame segment and max decay (error accumulation)", "",
             "| Structure | Context Length | Compression | Network Memory Budget | " + " | ".join(SEGMENTS)

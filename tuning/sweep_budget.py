@@ -132,8 +132,9 @@ def run_trial(config: dict) -> None:
     trained = run_training(train_cfg)
     metrics = run_evaluation(eval_config(base, trained["checkpoint"], trial_dir / "eval"))
     metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    calibration = json.loads((trial_dir / "eval" / "results.json").read_text()).get("calibration", {})
     record = {"name": combo.name, "config": dataclasses.asdict(combo), "metrics": metrics, "status": "ok", "error": "",
-              "mlflow_run_id": trained["mlflow_run_id"], "trial_sec": time.time() - started}
+              "calibration": calibration, "mlflow_run_id": trained["mlflow_run_id"], "trial_sec": time.time() - started}
     _write_record(Path(base["out"]), record)
     tune.report({**metrics, "trial_sec": record["trial_sec"]})
 
