@@ -19,7 +19,8 @@ the first), and finer bins D_EDGES for curves. Two kinds, drawn from every episo
            against the ground truth are valid judges here (the paper's Minecraft protocol, App. I).
 
 For each kind, cases are drawn round-robin over the three bins (`cases_per_bin` each where the data has them):
-a bin picks a random unused candidate that can land in it and a uniform r that puts d in the bin. Rollout cases
+a bin draws d uniformly among the values an unused candidate can still reach, then a random such candidate (so
+d is spread over the bin instead of piling up where candidates are many, e.g. doorway flickers at d = 1). Rollout cases
 (PSNR per 16-frame segment, Tables 3-4) are memory + `rollout_horizon` (64) frames of distinct episodes, saved as
 `<data>/rollout_cases.parquet`.
 
@@ -157,36 +158,33 @@ def _candidates(shards: list[ShardInfo], kinds) -> dict[str, list[tuple[int, int
     return out
 
 
-def _feasible_r(cand, lo: int, hi: int, r_max: int) -> tuple[int, int] | None:
-    """Range of r (start offset) with d = g - r in (lo, hi], r_min <= r <= r_max and s = t - r >= 1."""
-    _, _, t, g, r_min = cand
-    a, b = max(r_min, g - hi), min(r_max, g - lo - 1, t - 1, g - 1)
-    return (a, b) if a <= b else None
-
-
 def _draw(candidates: list, kind: str, cases_per_bin: int, r_max: int, rng: np.random.Generator) -> list[dict]:
-    """Round-robin over bins: a random unused candidate that can land in the bin, r uniform in its range."""
-    queues = {}
-    for name, (lo, hi) in GAP_BINS.items():
-        fits = [i for i, c in enumerate(candidates) if _feasible_r(c, lo, hi, r_max)]
-        queues[name] = [fits[j] for j in rng.permutation(len(fits))]
-    used: set[tuple[int, int, int]] = set()
+    """Round-robin over bins; within a bin, d uniform over the values some unused candidate can still reach, then
+    a random such candidate (so no single d, e.g. the doorway flicker d = 1, dominates a bin)."""
+    by_d: dict[int, list[int]] = {}
+    for i, (_, _, t, g, r_min) in enumerate(candidates):
+        for r in range(r_min, min(r_max, t - 1, g - 1) + 1):
+            by_d.setdefault(g - r, []).append(i)
+    queues = {d: [ids[j] for j in rng.permutation(len(ids))] for d, ids in sorted(by_d.items())}
+    used: set[int] = set()
     picks, counts = [], {name: 0 for name in GAP_BINS}
-    while any(queues.values()):
-        for name, (lo, hi) in GAP_BINS.items():
-            queue = queues[name]
-            while queue and counts[name] < cases_per_bin:
-                si, row, t, g, _ = cand = candidates[queue.pop()]
-                if (si, row, t) in used:
-                    continue
-                a, b = _feasible_r(cand, lo, hi, r_max)
-                r = int(rng.integers(a, b + 1))
-                used.add((si, row, t))
-                counts[name] += 1
-                picks.append({"shard": si, "row": row, "t": t, "gap": g, "s": t - r, "d": g - r, "kind": kind})
-                break
-            if counts[name] >= cases_per_bin:
-                queue.clear()
+    open_bins = [name for name in GAP_BINS]
+    while open_bins:
+        for name in list(open_bins):
+            lo, hi = GAP_BINS[name]
+            for d in range(lo + 1, hi + 1):                    # drop exhausted candidates at the queue heads
+                while queues.get(d) and queues[d][-1] in used:
+                    queues[d].pop()
+            ds = [d for d in range(lo + 1, hi + 1) if queues.get(d)]
+            if not ds or counts[name] >= cases_per_bin:
+                open_bins.remove(name)
+                continue
+            d = ds[int(rng.integers(len(ds)))]
+            i = queues[d].pop()
+            si, row, t, g, _ = candidates[i]
+            used.add(i)
+            counts[name] += 1
+            picks.append({"shard": si, "row": row, "t": t, "gap": g, "s": t - (g - d), "d": d, "kind": kind})
     return picks
 
 
