@@ -158,7 +158,8 @@ def plot_results(results: dict, psnr: dict) -> dict:
             s = [r["retrieval"][kind][b] for b in BINS]
             x = np.arange(len(BINS)) + (i - (len(rows) - 1) / 2) * width
             y = np.array([v["rate"] if v["n"] else np.nan for v in s])
-            err = np.array([[y[j] - v["lo"], v["hi"] - y[j]] if v["n"] else [0, 0] for j, v in enumerate(s)]).T
+            err = np.clip(np.array([[y[j] - v["lo"], v["hi"] - y[j]] if v["n"] else [0, 0]
+                                    for j, v in enumerate(s)]).T, 0, None)      # rounding can make 1 - hi < 0
             ax.bar(x, np.nan_to_num(y), width, yerr=err, capsize=3, label=name,
                    hatch="" if name in results["model_rows"] else "//", alpha=0.9)
         ax.set_xticks(range(len(BINS)), [f"{b}\n(n = {rows[next(iter(rows))]['retrieval'][kind][b]['n']})" for b in BINS])
@@ -177,7 +178,8 @@ def plot_results(results: dict, psnr: dict) -> dict:
         for L in results["memory_lengths"]:
             if L > 0:
                 ax.axvline(L, color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("symlog", linthresh=4)
+        ax.set_xscale("log")
+        ax.set_xlim(0.8, 130)
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
         figs[f"retrieval_vs_d_{kind}.png"] = fig

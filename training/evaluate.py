@@ -233,8 +233,8 @@ def calibration_rows(cases_path: Path, cases, lengths: list[int], probe, report,
         cache = json.loads(cache_path.read_text())
         cache = cache if cache.get("key") == key else {}
     rows = cache.get("rows", {})
-    wanted = [("ground truth", "ground_truth", 0)] + [(f"copy m={L}", "copy", L) for L in lengths if L > 0] + \
-             [("repeat last frame", "last_frame", 0), ("other episode", "other_episode", 0)]
+    wanted = [(J.ORACLE_ROWS[name].format(L=L), name, L) for name in J.ORACLES
+              for L in (lengths if name == "copy" else [0]) if L > 0 or name != "copy"]
     missing = [w for w in wanted if w[0] not in rows]
     for name, oracle, L in missing:
         rows[name] = J.judge_cases(cases, J.oracle_frames(cases, oracle, L), probe, heads)
@@ -308,8 +308,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
     # [3] generate and judge: one row set per memory length (model) or the oracle
     gens, rows, cost = {}, {}, {"seconds": 0.0, "calls": 0, "frames": 0}
     for L in lengths:
-        name = f"{cfg.oracle.replace('_', ' ')}" + (f" m={L}" if cfg.oracle == "copy" else "") if cfg.oracle \
-            else f"model m={L}"
+        name = J.ORACLE_ROWS[cfg.oracle].format(L=L) if cfg.oracle else f"model m={L}"
         if cfg.oracle:
             gens[name] = J.oracle_frames(cases, cfg.oracle, L)
         else:

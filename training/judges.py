@@ -31,6 +31,8 @@ from training import metrics as M
 from training.eval_report import to_pixels
 
 ORACLES = ("ground_truth", "copy", "last_frame", "other_episode")
+ORACLE_ROWS = {"ground_truth": "ground truth", "copy": "copy m={L}", "last_frame": "repeat last frame",
+               "other_episode": "other episode"}   # row names in every table
 GROUND_TRUTH_FLOOR = 0.9   # a bin whose ground-truth oracle scores below this cannot be judged: not reported
 POSE_ATOL = 1e-5
 
