@@ -83,6 +83,21 @@ def _paired_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _loss_table(results: dict) -> list[str]:
+    table = results.get("denoising_error") or {}
+    if not table:
+        return []
+    lines = ["### Loss-level memory effect: x0 error on the judged frames (same noise, levels K/4, K/2, 3K/4)", "",
+             "| kind | comparison | cases | error, longer memory | error, shorter | difference [95% interval] |",
+             "|---|---|---|---|---|---|"]
+    for kind, groups in table.items():
+        for name, g in groups.items():
+            d = g["difference"]
+            lines.append(f"| {kind} | {name} | {g['n']} | {g['long']:.4f} | {g['short']:.4f} | "
+                         f"{d['mean']:+.4f} [{_fmt(d['lo'])}, {_fmt(d['hi'])}] |")
+    return lines + ["", "A negative difference: the longer memory predicts the judged frames better.", ""]
+
+
 def results_markdown(results: dict) -> str:
     """Paper Table 1 / 2 / 3 layouts, calibration rows beside the model rows, paired comparisons, cost."""
     m, mc, probe = results["metrics"], results["model_config"], results["probe"]
@@ -98,6 +113,7 @@ def results_markdown(results: dict) -> str:
               f"({', '.join(probe.get('judge_heads', [])) or '-'}; per label: "
               + ", ".join(f"{h} {_fmt(a)}" for h, a in probe.get("head_accuracy", {}).items()) + ").", ""]
     lines += _paired_table(results)
+    lines += _loss_table(results)
     lines += ["## SSIM and PSNR of exact revisits (paper Table 2 layout)", "",
               "Mean [95% interval] (cases), on the judged frame of exact-revisit cases only (pose-mismatched frames "
               "are not compared pixel by pixel).", "", "| generator | measure | " + " | ".join(BINS) + " |",

@@ -209,6 +209,58 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
     return out, seconds, counter["n"]
 
 
+@torch.no_grad()
+def denoising_errors(net, model_cfg, cases, diffusion, cfg: EvalConfig, device, memory_length: int,
+                     levels: tuple[float, ...] = (0.25, 0.5, 0.75)) -> list[float]:
+    """Per case: the x0 error (MSE, model space) on its judged frames when the model denoises the true window,
+    every frame noised to each of `levels` (fractions of K) with the case's own noise, given its last
+    `memory_length` real memory frames; mean over levels. The loss-level view of memory: paired across memory
+    lengths (same noise), a smaller error where only the longer memory holds the source is the memory at work."""
+    L = memory_length if model_cfg.memory != "none" else 0
+    w = model_cfg.window
+    out = []
+    for i, case in enumerate(cases):
+        m0 = min(int(case.memory_mask.sum()), L)
+        x0 = torch.as_tensor(case.target_x[None, :w], device=device)
+        acts = torch.as_tensor(case.actions[None, :w], dtype=torch.long, device=device)
+        mem = {}
+        if m0:
+            mem = dict(mem_x=torch.as_tensor(case.memory_x[None, -m0:], device=device),
+                       mem_actions=torch.as_tensor(case.memory_actions[None, -m0:], dtype=torch.long, device=device),
+                       mem_mask=torch.ones(1, m0, dtype=torch.bool, device=device))
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + i)
+        noise = diffusion.randn(x0.shape, gen, device)
+        judged = torch.as_tensor(np.flatnonzero(case.judged[:w]), device=device)
+        errs = []
+        for f in levels:
+            k = torch.full(x0.shape[:2], max(1, int(round(f * diffusion.num_timesteps))), device=device)
+            v = net(diffusion.q_sample(x0, k, noise), diffusion.model_levels(k), acts, **mem)
+            x0_hat, _ = diffusion.predict_x0_eps(diffusion.q_sample(x0, k, noise), k, v)
+            errs.append(float(((x0_hat - x0)[:, judged] ** 2).mean()))
+        out.append(float(np.mean(errs)))
+    return out
+
+
+def loss_by_coverage(errors: dict[str, list[float]], cases, lengths: list[int]) -> dict:
+    """{kind: {group: {n, errors by row, paired mean difference longest - other with 95% interval}}}."""
+    names = list(errors)
+    out: dict = {}
+    for kind in ("exact", "revisit"):
+        idx_kind = [i for i, c in enumerate(cases) if c.kind == kind]
+        if not idx_kind or len(names) < 2:
+            continue
+        for name, L in zip(names[:-1], lengths[:-1]):
+            for group, (lo, hi) in J.coverage_groups(lengths[-1], L).items():
+                idx = [i for i in idx_kind if lo < cases[i].d <= hi]
+                if not idx:
+                    continue
+                diff = [errors[names[-1]][i] - errors[name][i] for i in idx]
+                out.setdefault(kind, {})[f"{names[-1]} vs {name}: {group}"] = {
+                    "n": len(idx), "long": float(np.mean([errors[names[-1]][i] for i in idx])),
+                    "short": float(np.mean([errors[name][i] for i in idx])), "difference": M.mean_summary(diff)}
+    return out
+
+
 def score_rollouts(cases, generated) -> dict[str, float]:
     segs = [M.psnr_by_segment(to_pixels(g, c.encoder), to_pixels(c.target_x, c.encoder)) for c, g in zip(cases, generated)]
     if not segs:
@@ -306,7 +358,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
         print(f"[evaluate] scene probe unavailable: {e}", flush=True)
     heads = report.judge_heads if report else []
     # [3] generate and judge: one row set per memory length (model) or the oracle
-    gens, rows, cost = {}, {}, {"seconds": 0.0, "calls": 0, "frames": 0}
+    gens, rows, errors, cost = {}, {}, {}, {"seconds": 0.0, "calls": 0, "frames": 0}
     for L in lengths:
         name = J.ORACLE_ROWS[cfg.oracle].format(L=L) if cfg.oracle else f"model m={L}"
         if cfg.oracle:
@@ -317,6 +369,9 @@ def _evaluate(cfg: EvalConfig) -> dict:
             gens[name], sec, calls = generate(net, model_cfg, cases, schedule, diffusion, cfg, device, L)
             cost = {"seconds": sec, "calls": calls, "frames": sum(len(c.actions) for c in cases)}
         rows[name] = J.judge_cases(cases, gens[name], probe, heads)
+        if net is not None:
+            errors[name] = denoising_errors(net, model_cfg, cases, _sampler(cfg, model_cfg, train_cfg)[1], cfg,
+                                            device, L)
         if cfg.oracle != "copy" and cfg.oracle:
             break                                       # other oracles do not depend on L
     calib = calibration_rows(cases_path, cases, lengths, probe, report, len(cases)) if cfg.calibration else {}
@@ -354,7 +409,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
                "num_retrieval_cases": len(cases), "num_rollout_cases": len(rollouts), "memory_lengths": lengths,
                "probe": asdict(report) if report else {}, "rows": {n: summaries[n] for n in summaries},
                "model_rows": list(rows), "judge_valid": valid, "paired": pairs, "cases": rows[main_name],
-               "calibration": calibration,
+               "calibration": calibration, "denoising_error": loss_by_coverage(errors, cases, lengths),
                "schedule": _sampler(cfg, model_cfg, train_cfg)[0].describe() if net is not None else cfg.oracle}
     from pipeline.shards import write_json_atomic
 
