@@ -168,6 +168,21 @@ def probe_settings(cfg: EvalConfig):
 
 # ---------------------------------------------------------------------------------------------- generation
 
+class _Counted:
+    """The denoiser, counting clip-calls (FLOPs = calls x FLOPs of one window); everything else (e.g. the memory
+    cache's `encode_memory`, which the sampler uses when the model offers it) passes through."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, 0
+
+    def __call__(self, x, *args, **kwargs):
+        self.calls += x.shape[0]  # (B,T,C,H,W): B clips move one step
+        return self.net(x, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+
 def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device,
              memory_length: int) -> tuple[list[np.ndarray], float, int]:
     """Generate every case's frames with the model's memory cut to `memory_length` frames; returns (per-case
@@ -182,11 +197,7 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
     for i, c in enumerate(cases):
         groups.setdefault((min(int(c.memory_mask.sum()), L), len(c.actions)), []).append(i)
     seconds = 0.0
-    counter = {"n": 0}
-
-    def counted(x, *a, **k):
-        counter["n"] += x.shape[0]  # (B,T,C,H,W): B clips move one step
-        return net(x, *a, **k)
+    counted = _Counted(net)
 
     for (m0, n), idx in sorted(groups.items()):
         for j in range(0, len(idx), cfg.batch_size):
@@ -206,7 +217,7 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
             seconds += time.perf_counter() - t0
             for i, xi in zip(part, x.float().cpu().numpy()):
                 out[i] = xi
-    return out, seconds, counter["n"]
+    return out, seconds, counted.calls
 
 
 @torch.no_grad()
