@@ -3,14 +3,17 @@
     flock /tmp/ray.lock .venv/bin/python bench/stream.py                 # synthetic 64x64 shards in a temp folder
     flock /tmp/ray.lock .venv/bin/python bench/stream.py --data data/maze --memory 16 --window 16
 
-Figures printed (floors from issue 6): Ray Data window stream frames/s >= 50% of raw pyarrow frames/s;
+Figures printed (floors from issues 6 and 15): Ray Data window stream frames/s >= 50% of raw pyarrow frames/s;
 data wait <= 5% of a tiny training step. "frames" = current-window frames delivered to the model (float32) for the
 streams (delivered frames including memory also printed), frames decoded into numpy for raw pyarrow.
+The machine is shared, so raw reads and both streams are timed in alternating rounds on the same files; medians
+over the rounds are printed, and each ratio is the median of the per-round ratios.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +76,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=30, help="training steps for the data-wait share")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of raw read, local stream, Ray stream")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -87,22 +91,32 @@ def main() -> None:
 
     print(f"data: {data} (m={spec.memory_length}, w={spec.window}, batch {spec.batch_size}); "
           f"cpu cores: {os.cpu_count()}, load avg: {os.getloadavg()[0]:.1f}", flush=True)
-    raw = max(raw_pyarrow(data) for _ in range(3))                   # best of 3: page cache warm, load varies
-    print(f"raw pyarrow read:           {raw:10.0f} frames/s", flush=True)
-    local, local_all, nb = stream_rate(LocalWindowStream(data, spec, epochs=1))
-    print(f"LocalWindowStream:          {local:10.0f} frames/s ({100 * local / raw:.0f}% of raw; {nb} batches; "
-          f"{local_all:.0f} frames/s with memory)", flush=True)
-
     import ray
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     from ray.data import DataContext
     DataContext.get_current().enable_progress_bars = False
-    ds = ray_window_dataset(data, spec)
-    list(ds.limit(1).iter_batches(batch_size=1))                     # warm the workers
-    ray_rate, ray_all, _ = stream_rate(ds.iter_torch_batches(batch_size=spec.batch_size, collate_fn=ray_collate_fn(),
-                                                    prefetch_batches=2))
-    print(f"Ray Data window stream:     {ray_rate:10.0f} frames/s ({100 * ray_rate / raw:.0f}% of raw; floor 50%; "
-          f"{ray_all:.0f} frames/s with memory)", flush=True)
+    list(ray_window_dataset(data, spec).limit(1).iter_batches(batch_size=1))    # warm the workers
+    raw_pyarrow(data)                                                            # warm the page cache
+
+    def ray_stream():
+        return ray_window_dataset(data, spec).iter_torch_batches(batch_size=spec.batch_size,
+                                                                  collate_fn=ray_collate_fn(), prefetch_batches=2)
+    rounds = {"raw": [], "local": [], "local_all": [], "ray": [], "ray_all": []}
+    for r in range(args.rounds):
+        raw = raw_pyarrow(data)
+        local, local_all, nb = stream_rate(LocalWindowStream(data, spec, epochs=1))
+        ray_rate, ray_all, _ = stream_rate(ray_stream())
+        for key, value in zip(rounds, (raw, local, local_all, ray_rate, ray_all)):
+            rounds[key].append(value)
+        print(f"round {r}: raw {raw:,.0f}, local {local:,.0f} ({local_all:,.0f} with memory), ray {ray_rate:,.0f} "
+              f"({ray_all:,.0f}) frames/s; load avg {os.getloadavg()[0]:.1f}", flush=True)
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    share = {k: statistics.median([a / b for a, b in zip(rounds[k], rounds["raw"])]) for k in rounds if k != "raw"}
+    print(f"raw pyarrow read:           {med['raw']:10,.0f} frames/s (median of {args.rounds} rounds)")
+    print(f"LocalWindowStream:          {med['local']:10,.0f} frames/s ({share['local']:.0%} of raw; {nb} batches; "
+          f"{med['local_all']:,.0f} frames/s with memory, {share['local_all']:.0%})")
+    print(f"Ray Data window stream:     {med['ray']:10,.0f} frames/s ({share['ray']:.0%} of raw; floor 50%; "
+          f"{med['ray_all']:,.0f} frames/s with memory, {share['ray_all']:.0%})", flush=True)
     share_local = wait_share(LocalWindowStream(data, spec), args.steps)
     share_ray = wait_share(ray_window_dataset(data, spec).iter_torch_batches(
         batch_size=spec.batch_size, collate_fn=ray_collate_fn(), prefetch_batches=4), args.steps)

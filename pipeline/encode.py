@@ -9,9 +9,14 @@ Output shard i is the encoding of input shard i (same file name, same rows in th
 (float16 (T, C, h, w)) instead of `frames` and an `encoder` JSON column. Shards are written from the driver with
 `pipeline.shards.write_shard(kind="latents")` (atomic) and listed in `<out>/manifest.json`; rerunning the same
 command skips shards already listed, so a killed run resumes. Ray's `write_parquet` is not used (it has dropped
-rows with mode="overwrite": ray #55043). Every input shard is validated on the driver before Ray reads it (Ray
-infers the schema from the first file only: ray #47960); a bad one is quarantined, named, and counted in the
-report (printed and saved as `<out>/encode_report.json`).
+rows with mode="overwrite": ray #55043).
+
+Each input shard is read once. The driver first checks every footer (schema contract, and rows and bytes against
+the input manifest); Ray infers the schema from the first file only (ray #47960), so shards of different layouts
+(schema versions 1 and 2) go through one Ray dataset each. The local backend then reads each shard's bytes once,
+checks them against the manifest's SHA-256 and decodes them (`shards.load_shard`); the Ray backend's read tasks
+decode each shard once (its checksum is left to `pipeline.inspect`). A bad shard is quarantined, named, and
+counted in the report (printed and saved as `<out>/encode_report.json`).
 """
 from __future__ import annotations
 
@@ -22,16 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cli import field, parse_config, to_json
 from pipeline.encoders import ENCODER_NAMES, make_encoder
-from pipeline.schema import episodes_to_table, to_numpy
-from pipeline.shards import Manifest, check_config, quarantine, validate_shard, write_json_atomic, write_shard
+from pipeline.schema import SchemaError, TENSOR_COLUMNS, check_table, episodes_to_table, to_numpy
+from pipeline.shards import Manifest, check_config, load_shard, quarantine, write_json_atomic, write_shard
 
-PASSTHROUGH = ("episode_id", "env", "agent", "seed", "episode_index", "fps", "env_config",
-               "actions", "poses", "scene", "revisit_gap")
-TENSORS = ("frames", "actions", "poses", "scene", "revisit_gap")
 REPORT = "encode_report.json"
 FAULT_MARKER = ".fault_injected"
 
@@ -72,6 +75,12 @@ class EncodeConfig:
 # ---------------------------------------------------------------------------------------------------------------
 # The per-batch work (shared by the Ray actor and the local backend)
 
+def numpy_batch(table: pa.Table) -> dict:
+    """Arrow rows (either frame layout) -> dict of numpy: array columns (N, *shape), other columns object arrays."""
+    return {c: to_numpy(table, c) if c in TENSOR_COLUMNS else np.array(table.column(c).to_pylist(), dtype=object)
+            for c in table.column_names}
+
+
 def encode_batch(batch: dict, encoder) -> dict:
     """A batch of episode rows (dict of numpy, frames (N,T,H,W,3)) -> the same rows with latents (N,T,C,h,w)."""
     frames = batch["frames"]
@@ -92,7 +101,9 @@ class EncodeActor:
         self.fail_after, self.fail_mode, self.fail_marker = fail_after_episodes, fail_mode, fail_marker
         self.seen = 0
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, table: pa.Table) -> dict:
+        """Episode rows as Arrow (map_batches batch_format="pyarrow": both frame layouts arrive as stored)."""
+        batch = numpy_batch(table)
         self.seen += len(batch["episode_id"])
         if self.fail_after and self.seen > self.fail_after:
             if self.fail_mode == "raise":
@@ -107,17 +118,32 @@ class EncodeActor:
 # ---------------------------------------------------------------------------------------------------------------
 # Driver: validate, pick what is left, run, write shard by shard
 
-def _rows_of(path: Path, manifest: dict) -> int | None:
-    if path.name in manifest:
-        return manifest[path.name]["rows"]
+@dataclass(frozen=True)
+class InputShard:
+    path: Path
+    rows: int                   # from the footer
+    layout: str                 # the frames column's Arrow type: shards of one layout share a Ray dataset
+    sha256: str | None          # from the input manifest (None for a shard it does not list)
+
+
+def _footer_problem(path: Path, entry: dict | None) -> tuple[str | None, pq.FileMetaData | None]:
+    """(reason or None, footer) from the footer alone: readable, schema contract, rows and bytes vs the manifest."""
     try:
-        return pq.read_metadata(path).num_rows
-    except Exception:
-        return None
+        meta = pq.read_metadata(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated files
+        return f"{path}: not a readable Parquet file ({type(e).__name__}: {e})", None
+    problems = check_table(meta.schema.to_arrow_schema(), "frames")
+    if problems:
+        return f"{path}: " + "; ".join(map(str, problems)), meta
+    if entry is not None and (meta.num_rows, path.stat().st_size) != (entry["rows"], entry["bytes"]):
+        return (f"{path}: {meta.num_rows} rows and {path.stat().st_size} bytes, the manifest lists {entry['rows']} "
+                f"rows and {entry['bytes']} bytes"), meta
+    return None, meta
 
 
-def plan(cfg: EncodeConfig, out: Manifest) -> tuple[list[Path], list[Path], list[dict]]:
-    """(todo, already done, quarantined) input shards; bad inputs are moved to <in>/quarantine/ here."""
+def plan(cfg: EncodeConfig, out: Manifest) -> tuple[list[InputShard], list[Path], list[dict]]:
+    """(todo, already done, quarantined) input shards, from their footers; bad inputs are moved to
+    <in>/quarantine/ here (and, with the local backend, those whose pages or checksum fail when read)."""
     in_dir = Path(cfg.in_dir)
     files = sorted(in_dir.glob("shard-*.parquet"))
     if not files:
@@ -129,24 +155,30 @@ def plan(cfg: EncodeConfig, out: Manifest) -> tuple[list[Path], list[Path], list
         if out.is_done(path.name):
             done.append(path)
             continue
-        reason = validate_shard(path, "frames", in_manifest.get(path.name, {}).get("sha256"))
+        reason, meta = _footer_problem(path, in_manifest.get(path.name))
         if reason is None:
-            todo.append(path)
+            layout = str(meta.schema.to_arrow_schema().field("frames").type)
+            todo.append(InputShard(path, meta.num_rows, layout, in_manifest.get(path.name, {}).get("sha256")))
         else:
-            rows = _rows_of(path, in_manifest)
-            dest = quarantine(path, reason)
-            print(f"[encode] QUARANTINED {path} -> {dest}: {reason}", flush=True)
-            bad.append({"shard": path.name, "moved_to": str(dest), "reason": reason, "rows": rows})
+            rows = in_manifest.get(path.name, {}).get("rows", meta.num_rows if meta else None)
+            bad.append(_quarantine(path, reason, rows))
     return todo, done, bad
 
 
-class ShardWriter:
-    """Collects encoded rows per input shard and writes the latent shard once all its rows are in."""
+def _quarantine(path: Path, reason: str, rows: int | None) -> dict:
+    dest = quarantine(path, reason)
+    print(f"[encode] QUARANTINED {path} -> {dest}: {reason}", flush=True)
+    return {"shard": path.name, "moved_to": str(dest), "reason": reason, "rows": rows}
 
-    def __init__(self, todo: list[Path], out: Manifest):
+
+class ShardWriter:
+    """Collects encoded rows per input shard, in arrival order (= input order: both backends keep it), and
+    writes the latent shard once all its rows are in."""
+
+    def __init__(self, todo: list[InputShard], out: Manifest):
         self.out = out
-        self.order = {p.name: pq.read_table(p, columns=["episode_id"]).column(0).to_pylist() for p in todo}
-        self.pending: dict[str, dict[str, dict]] = {name: {} for name in self.order}
+        self.expected = {s.path.name: s.rows for s in todo}
+        self.pending: dict[str, dict[str, dict]] = {name: {} for name in self.expected}
         self.rows_written = self.frames_written = self.shards_written = 0
         self.start = time.perf_counter()
         self.first_batch: float | None = None          # rates count from here: Ray start and model load excluded
@@ -161,12 +193,15 @@ class ShardWriter:
             if eid in rows:
                 raise RuntimeError(f"{name}: episode {eid} came back twice from the encoder")
             rows[str(eid)] = {k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items() if k != "path"}
-        if len(rows) == len(self.order[name]):
+        if len(rows) == self.expected[name]:
             self._write(name)
 
+    def drop(self, name: str) -> None:
+        """Forget a shard that was quarantined while reading it."""
+        self.pending.pop(name, None)
+
     def _write(self, name: str) -> None:
-        done = self.pending.pop(name)
-        rows = [done[eid] for eid in self.order[name]]
+        rows = list(self.pending.pop(name).values())
         table = episodes_to_table(rows, "latents")
         self.out.add(name, write_shard(table, self.out.folder / name, kind="latents"))
         t = len(rows[0]["actions"])
@@ -177,23 +212,26 @@ class ShardWriter:
               f"{self.rate():.0f} frames/s", flush=True)
 
     def missing(self) -> dict[str, int]:
-        return {name: len(self.order[name]) - len(rows) for name, rows in self.pending.items()}
+        return {name: self.expected[name] - len(rows) for name, rows in self.pending.items()}
 
 
-def _run_local(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None:
+def _run_local(cfg: EncodeConfig, todo: list[InputShard], writer: ShardWriter, bad: list[dict]) -> None:
     if cfg.fail_mode == "exit":
         raise ValueError("--fail-mode exit kills a Ray actor; it needs --backend ray")
     actor = EncodeActor(cfg.encoder, cfg.vae_path, cfg.gpus_per_worker > 0, cfg.fail_after_episodes)
-    for path in todo:
-        table = pq.read_table(path)
+    for shard in todo:
+        name = shard.path.name
+        try:                                             # the one read of this shard
+            table = load_shard(shard.path, "frames", shard.sha256)
+        except SchemaError as e:
+            writer.drop(name)
+            bad.append(_quarantine(shard.path, str(e), shard.rows))
+            continue
         for lo in range(0, table.num_rows, cfg.batch_size):
-            part = table.slice(lo, cfg.batch_size)
-            batch = {c: to_numpy(part, c) if c in TENSORS else np.array(part.column(c).to_pylist(), dtype=object)
-                     for c in ("frames",) + PASSTHROUGH}
-            writer.add(path.name, actor(batch))
+            writer.add(name, actor(table.slice(lo, cfg.batch_size)))
 
 
-def _run_ray(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None:
+def _run_ray(cfg: EncodeConfig, todo: list[InputShard], writer: ShardWriter, bad: list[dict]) -> None:
     import ray
     from ray.data import DataContext
 
@@ -201,17 +239,18 @@ def _run_ray(cfg: EncodeConfig, todo: list[Path], writer: ShardWriter) -> None:
         ray.init(address=cfg.address or None, include_dashboard=False, configure_logging=False)
     # Ordered output: shards finish one after another (bounded driver memory). The Dataset keeps a copy of the
     # DataContext it was built under, so the caller's context is restored right after.
-    options = DataContext.get_current().execution_options
-    before, options.preserve_order = options.preserve_order, True
-    try:
-        ds = _encode_dataset(cfg, todo)
-    finally:
-        options.preserve_order = before
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        paths = np.array([Path(p).name for p in batch["path"]])
-        for name in dict.fromkeys(paths):                # one batch may span two input files
-            sel = paths == name
-            writer.add(name, {k: v[sel] for k, v in batch.items()})
+    for layout in dict.fromkeys(s.layout for s in todo):  # one dataset per frame layout (module docstring)
+        options = DataContext.get_current().execution_options
+        before, options.preserve_order = options.preserve_order, True
+        try:
+            ds = _encode_dataset(cfg, [s.path for s in todo if s.layout == layout])
+        finally:
+            options.preserve_order = before
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            paths = np.array([Path(p).name for p in batch["path"]])
+            for name in dict.fromkeys(paths):            # one batch may span two input files
+                sel = paths == name
+                writer.add(name, {k: v[sel] for k, v in batch.items()})
 
 
 def _encode_dataset(cfg: EncodeConfig, todo: list[Path]):
@@ -225,7 +264,7 @@ def _encode_dataset(cfg: EncodeConfig, todo: list[Path]):
                                                 fail_after_episodes=cfg.fail_after_episodes,
                                                 fail_mode=cfg.fail_mode,
                                                 fail_marker=str(Path(cfg.out_dir).resolve() / FAULT_MARKER)),
-        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.workers),
+        batch_size=cfg.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.workers),
         num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker or None)
 
 
@@ -245,7 +284,7 @@ def run_encode(cfg: EncodeConfig) -> dict:
     writer = ShardWriter(todo, out)
     try:
         if todo:
-            (_run_local if cfg.backend == "local" else _run_ray)(cfg, todo, writer)
+            (_run_local if cfg.backend == "local" else _run_ray)(cfg, todo, writer, bad)
         missing = {k: v for k, v in writer.missing().items() if v}
         if missing:
             raise RuntimeError(f"rows missing after encoding (per input shard): {missing}; rerun to retry them")
@@ -255,7 +294,8 @@ def run_encode(cfg: EncodeConfig) -> dict:
         raise
     finally:
         seconds = time.perf_counter() - writer.start
-        report.update(rows_encoded=writer.rows_written, frames_encoded=writer.frames_written,
+        report.update(rows_quarantined=sum(b["rows"] or 0 for b in bad),
+                      rows_encoded=writer.rows_written, frames_encoded=writer.frames_written,
                       shards_encoded=writer.shards_written, seconds=round(seconds, 3),
                       frames_per_sec=round(writer.rate(), 1),      # from the first encoded batch on
                       frames_per_sec_wall=round(writer.frames_written / max(seconds, 1e-9), 1),

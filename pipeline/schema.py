@@ -1,8 +1,18 @@
 """The shard contract: column names, Arrow types and validation for episode and latent shards.
 
 Every reader and writer of shards goes through this module (DESIGN.md, "Shards"). One Parquet row is one
-episode. Array columns are Arrow's canonical ``arrow.fixed_shape_tensor`` extension type, so pyarrow alone
-reads them back as ndarrays (``column.combine_chunks().to_numpy_ndarray()``) and Ray Data reads them as tensors.
+episode. `to_numpy(table, column)` gives any array column as one (N, *shape) ndarray with pyarrow alone.
+
+Array layouts (schema version 2):
+- `frames` is a *binary tensor*: one fixed_size_binary value per episode holding the C-order bytes of its
+  (T, H, W, 3) uint8 array, with the field metadata ``memvid.tensor = {"dtype": "uint8", "shape": [T, H, W, 3]}``.
+  Without this module: ``np.frombuffer(col.combine_chunks().buffers()[1], "uint8").reshape(-1, T, H, W, 3)``.
+  Parquet stores it as a FIXED_LEN_BYTE_ARRAY leaf: no per-byte list levels, no widening to int32, which made
+  writing frames 3x and reading them 10x+ faster than a fixed_shape_tensor column at the same size (docs/collect.md).
+- every other array column is Arrow's canonical ``arrow.fixed_shape_tensor`` extension type (per-row shape in
+  the type; small next to frames, so the Parquet list encoding costs little there).
+Version 1 shards (frames as a fixed_shape_tensor too) still read everywhere: `check_table` takes each shard's
+layout from its ``memvid.schema_version`` metadata and `to_numpy` reads both. Only version 2 is written.
 
 Columns (T frames per episode, S scene labels per frame):
     episode_id   string   unique: "<env>-s<seed>-e<index>"
@@ -22,13 +32,16 @@ Columns (T frames per episode, S scene labels per frame):
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # 1: frames as fixed_shape_tensor (before issue 15)
 SCENE_LABELS = ("room", "floor_texture", "wall_texture", "painting")
 NUM_POSE = 5
 
@@ -51,6 +64,8 @@ TENSOR_COLUMNS: dict[str, np.dtype] = {
     "revisit_gap": np.dtype(np.int32),
 }
 COMMON_TENSORS = ("actions", "poses", "scene", "revisit_gap")
+BINARY_TENSORS = ("frames",)  # columns stored as a binary tensor (module docstring); the rest are fixed_shape_tensor
+TENSOR_METADATA = b"memvid.tensor"
 KINDS = {"frames": ("frames",), "latents": ("latents",)}
 
 
@@ -78,12 +93,56 @@ def tensor_column(stack: np.ndarray) -> pa.ExtensionArray:
     return pa.FixedShapeTensorArray.from_numpy_ndarray(stack)
 
 
+def binary_tensor_field(name: str, dtype: np.dtype, shape: Sequence[int]) -> pa.Field:
+    """The field of a binary tensor column: fixed_size_binary of one row's bytes, dtype and shape in its metadata."""
+    dtype = np.dtype(dtype)
+    meta = json.dumps({"dtype": dtype.name, "shape": [int(d) for d in shape]}, separators=(",", ":"))
+    return pa.field(name, pa.binary(dtype.itemsize * math.prod(shape)), nullable=False,
+                    metadata={TENSOR_METADATA: meta.encode()})
+
+
+def binary_tensor_column(stack: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """(N, *shape) ndarray -> N fixed_size_binary values, row n = stack[n]'s C-order bytes (no copy if contiguous)."""
+    stack = np.ascontiguousarray(stack)
+    width = stack.dtype.itemsize * math.prod(stack.shape[1:])
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(stack), [None, pa.py_buffer(stack)])
+
+
+def _binary_meta(field: pa.Field) -> dict | None:
+    """The field's memvid.tensor metadata {dtype, shape}; None when absent or not a JSON object."""
+    try:
+        meta = json.loads((field.metadata or {})[TENSOR_METADATA])
+    except (KeyError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def tensor_shape(schema: pa.Schema, column: str) -> tuple[int, ...]:
+    """Per-row shape of an array column, e.g. (T, H, W, 3) for frames, whichever layout the shard uses."""
+    field = schema.field(column)
+    if isinstance(field.type, pa.FixedShapeTensorType):
+        return tuple(field.type.shape)
+    meta = _binary_meta(field)
+    if meta is None:
+        raise SchemaError(f"column '{column}' has type {field.type} and no {TENSOR_METADATA.decode()} metadata: "
+                          f"not an array column")
+    return tuple(meta["shape"])
+
+
 def to_numpy(table: pa.Table, column: str) -> np.ndarray:
-    """A tensor column as one (N, *shape) ndarray (copy-free where Arrow allows)."""
-    col = table.column(column).combine_chunks()
+    """An array column as one (N, *shape) ndarray; copy-free for a single chunk (read-only then)."""
+    col = table.column(column)
+    col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
     if isinstance(col.type, pa.FixedShapeTensorType):
         return col.to_numpy_ndarray()
-    raise SchemaError(f"column '{column}' has type {col.type}, expected a fixed_shape_tensor")
+    meta = _binary_meta(table.schema.field(column))
+    if meta is None or not pa.types.is_fixed_size_binary(col.type):
+        raise SchemaError(f"column '{column}' has type {col.type}, expected a fixed_shape_tensor or a binary tensor")
+    if col.null_count:
+        raise SchemaError(f"column '{column}': {col.null_count} null rows")
+    width = col.type.byte_width
+    data = np.frombuffer(col.buffers()[1], np.uint8)[col.offset * width:(col.offset + len(col)) * width]
+    return data.view(np.dtype(meta["dtype"])).reshape(len(col), *meta["shape"])
 
 
 def episodes_to_table(rows: list[dict], kind: str = "frames") -> pa.Table:
@@ -95,12 +154,16 @@ def episodes_to_table(rows: list[dict], kind: str = "frames") -> pa.Table:
     for name in names:
         if name in TENSOR_COLUMNS:
             stack = np.stack([np.asarray(r[name], dtype=TENSOR_COLUMNS[name]) for r in rows])
-            arr = tensor_column(stack)
+            if name in BINARY_TENSORS:
+                arr, field = binary_tensor_column(stack), binary_tensor_field(name, stack.dtype, stack.shape[1:])
+            else:
+                arr = tensor_column(stack)
+                field = pa.field(name, arr.type, nullable=False)
         else:
-            dtype = SCALAR_COLUMNS.get(name, pa.string())
-            arr = pa.array([r[name] for r in rows], type=dtype)
+            arr = pa.array([r[name] for r in rows], type=SCALAR_COLUMNS.get(name, pa.string()))
+            field = pa.field(name, arr.type, nullable=False)
         arrays.append(arr)
-        fields.append(pa.field(name, arr.type, nullable=False))
+        fields.append(field)
     schema = pa.schema(fields, metadata={b"memvid.schema_version": str(SCHEMA_VERSION).encode(), b"memvid.kind": kind.encode()})
     table = pa.Table.from_arrays(arrays, schema=schema)
     problems = check_table(table, kind)
@@ -114,6 +177,10 @@ def check_table(table: pa.Table | pa.Schema, kind: str = "frames") -> list[Issue
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     schema = table if isinstance(table, pa.Schema) else table.schema
+    version = schema_version(schema)
+    if version not in READABLE_VERSIONS:
+        return [Issue("memvid.schema_version", f"{version} is not one this code reads {READABLE_VERSIONS}; "
+                                               f"update the code to read it")]
     issues: list[Issue] = []
     required = list(SCALAR_COLUMNS) + list(KINDS[kind]) + list(COMMON_TENSORS) + (["encoder"] if kind == "latents" else [])
     lengths = {}
@@ -123,7 +190,13 @@ def check_table(table: pa.Table | pa.Schema, kind: str = "frames") -> list[Issue
             issues.append(Issue(name, "missing"))
             continue
         typ = schema.field(idx).type
-        if name in TENSOR_COLUMNS:
+        if name in BINARY_TENSORS and version >= 2:
+            problem, shape = _check_binary(schema.field(idx), TENSOR_COLUMNS[name])
+            if problem:
+                issues.append(Issue(name, problem))
+            else:
+                lengths[name] = shape
+        elif name in TENSOR_COLUMNS:
             if not isinstance(typ, pa.FixedShapeTensorType):
                 issues.append(Issue(name, f"type {typ}, expected fixed_shape_tensor<{TENSOR_COLUMNS[name]}>"))
                 continue
@@ -134,6 +207,30 @@ def check_table(table: pa.Table | pa.Schema, kind: str = "frames") -> list[Issue
             issues.append(Issue(name, f"type {typ}, expected {SCALAR_COLUMNS.get(name, pa.string())}"))
     issues += _check_shapes(lengths, kind)
     return issues
+
+
+def schema_version(schema: pa.Schema) -> int:
+    """The `memvid.schema_version` a shard was written with (1 when absent; -1 when not an integer)."""
+    raw = (schema.metadata or {}).get(b"memvid.schema_version", b"1")
+    try:
+        return int(raw)
+    except ValueError:
+        return -1
+
+
+def _check_binary(field: pa.Field, dtype: np.dtype) -> tuple[str | None, list[int]]:
+    """(problem or None, shape) of a binary tensor field."""
+    meta = _binary_meta(field)
+    if not pa.types.is_fixed_size_binary(field.type) or meta is None:
+        return (f"type {field.type}, expected fixed_size_binary with {TENSOR_METADATA.decode()} metadata "
+                f"(schema version {SCHEMA_VERSION})"), []
+    shape = [int(d) for d in meta.get("shape", [])]
+    if meta.get("dtype") != dtype.name:
+        return f"dtype {meta.get('dtype')}, expected {dtype.name}", shape
+    if field.type.byte_width != dtype.itemsize * math.prod(shape):
+        return f"{field.type.byte_width} bytes per row, but shape {shape} of {dtype.name} needs " \
+               f"{dtype.itemsize * math.prod(shape)}", shape
+    return None, shape
 
 
 def _check_shapes(shapes: dict[str, list[int]], kind: str) -> list[Issue]:

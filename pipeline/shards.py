@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import SchemaError, check_table
+from pipeline.schema import BINARY_TENSORS, SCHEMA_VERSION, SchemaError, check_table, schema_version
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -39,6 +39,21 @@ def write_json_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def writer_options(schema: pa.Schema, num_rows: int, zstd_level: int = ZSTD_LEVEL) -> dict:
+    """pq.write_table keyword arguments for a shard of `schema` (deterministic: no timestamps, fixed settings)."""
+    # One row group per shard: rows are whole episodes and readers read whole shards. Binary tensors (frames) are
+    # one FIXED_LEN_BYTE_ARRAY value per episode: PLAIN, no dictionary, no statistics (a min/max would copy whole
+    # episodes into the footer). fixed_shape_tensor columns are Parquet lists whose leaves widen to int32
+    # (uint8/int16) or stay float; BYTE_STREAM_SPLIT (zero high bytes compress to nothing) beat dictionary
+    # encoding there. Scalars keep dictionary encoding and statistics.
+    tensors = [f.name for f in schema if isinstance(f.type, pa.FixedShapeTensorType)]
+    binary = [f.name for f in schema if f.name in BINARY_TENSORS]
+    scalars = [f.name for f in schema if f.name not in tensors and f.name not in binary]
+    encoding = {f"{name}.list.element": "BYTE_STREAM_SPLIT" for name in tensors} | {name: "PLAIN" for name in binary}
+    return dict(compression="zstd", compression_level=zstd_level, row_group_size=max(1, num_rows),
+                use_dictionary=scalars, write_statistics=scalars, column_encoding=encoding)
+
+
 def write_shard(table: pa.Table, path: Path, kind: str = "frames", zstd_level: int = ZSTD_LEVEL) -> dict:
     """Write `table` to `path` atomically; returns its manifest entry {rows, sha256, bytes}.
 
@@ -49,16 +64,11 @@ def write_shard(table: pa.Table, path: Path, kind: str = "frames", zstd_level: i
     problems = check_table(table, kind)
     if problems:
         raise SchemaError(f"{path}: refusing to write an invalid shard: " + "; ".join(map(str, problems)))
+    if schema_version(table.schema) != SCHEMA_VERSION:
+        raise SchemaError(f"{path}: refusing to write schema version {schema_version(table.schema)}; build the "
+                          f"table with pipeline.schema.episodes_to_table (version {SCHEMA_VERSION})")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    # One row group per shard: rows are whole episodes and readers read whole shards. Tensor columns are stored as
-    # Parquet lists whose leaves widen to int32 (uint8/int16) or stay float; dictionary encoding of those leaves
-    # cost ~75% of the write time. BYTE_STREAM_SPLIT (zero high bytes of widened uint8 compress to nothing)
-    # measured 1.9x faster to write and 16% smaller than the default on maze frames (bench/collect.py).
-    tensors = [f.name for f in table.schema if isinstance(f.type, pa.FixedShapeTensorType)]
-    scalars = [f.name for f in table.schema if f.name not in tensors]
-    pq.write_table(table, tmp, compression="zstd", compression_level=zstd_level, row_group_size=max(1, table.num_rows),
-                   use_dictionary=scalars, write_statistics=scalars,
-                   column_encoding={f"{name}.list.element": "BYTE_STREAM_SPLIT" for name in tensors})
+    pq.write_table(table, tmp, **writer_options(table.schema, table.num_rows, zstd_level))
     meta = pq.read_metadata(tmp)
     if meta.num_rows != table.num_rows:
         tmp.unlink(missing_ok=True)
@@ -83,17 +93,34 @@ def read_shard(path: Path, kind: str = "frames", columns: list[str] | None = Non
         raise SchemaError(f"{path}: data pages unreadable ({type(e).__name__}: {e})") from e
 
 
+def load_shard(path: Path, kind: str = "frames", expected_sha256: str | None = None) -> pa.Table:
+    """The whole shard from one read of its bytes: schema contract, checksum (if given), every page decoded and
+    the arrays validated. Raises SchemaError naming the path and what is wrong."""
+    path = Path(path)
+    try:
+        data = pa.py_buffer(path.read_bytes())
+        schema = pq.read_schema(pa.BufferReader(data))
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated files
+        raise SchemaError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+    problems = check_table(schema, kind)
+    if problems:
+        raise SchemaError(f"{path}: " + "; ".join(map(str, problems)))
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise SchemaError(f"{path}: checksum differs from the manifest")
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+        table.validate(full=True)
+    except Exception as e:
+        raise SchemaError(f"{path}: data pages unreadable ({type(e).__name__}: {e})") from e
+    return table
+
+
 def validate_shard(path: Path, kind: str = "frames", expected_sha256: str | None = None) -> str | None:
     """None when the shard is valid (schema, every page decodes, checksum if given), else the reason."""
     try:
-        table = read_shard(path, kind)
-        table.validate(full=True)
+        load_shard(path, kind, expected_sha256)
     except SchemaError as e:
         return str(e)
-    except Exception as e:
-        return f"{path}: {type(e).__name__}: {e}"
-    if expected_sha256 is not None and sha256(Path(path)) != expected_sha256:
-        return f"{path}: checksum differs from the manifest"
     return None
 
 

@@ -31,7 +31,8 @@ The sample count does not depend on either share, so positions (epoch, index) an
 
 Batch (collate): mem_x float32 (B,M,C,H,W), mem_actions int64 (B,M), mem_mask bool (B,M), x float32 (B,w,C,H,W),
 actions int64 (B,w). Pixel shards become frames/127.5 - 1; latent shards are used as stored (already scaled).
-Rows travel in their stored dtype (uint8 frames or float16 latents) and are converted in collate.
+Rows travel in their stored dtype (uint8 frames or float16 latents), already channels-first (ShardCache
+transposes a pixel shard once when it loads it), and are converted in collate by two contiguous ufunc passes.
 """
 from __future__ import annotations
 
@@ -45,11 +46,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.schema import SchemaError, check_table, to_numpy
+from pipeline.schema import SchemaError, check_table, tensor_shape, to_numpy
 from pipeline.shards import Manifest
 
 BATCH_KEYS = ("mem_x", "mem_actions", "mem_mask", "x", "actions")
-_PIXEL_TO_UNIT = np.arange(256, dtype=np.float32) / 127.5 - 1.0  # uint8 level -> [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def index_shards(data_dir: str | Path) -> list[ShardInfo]:
         problems = check_table(schema, column)
         if problems:
             raise SchemaError(f"{p}: " + "; ".join(map(str, problems)) + " (validate it with pipeline.encode or move it aside)")
-        infos.append(ShardInfo(str(p), column, pq.read_metadata(p).num_rows, int(schema.field("actions").type.shape[0])))
+        infos.append(ShardInfo(str(p), column, pq.read_metadata(p).num_rows, tensor_shape(schema, "actions")[0]))
     return infos
 
 
@@ -215,7 +215,8 @@ def reach_stats(data_dir: str | Path, spec: WindowSpec, epoch: int = 0) -> dict:
 # Window extraction (the one piece of window code both paths run)
 
 class ShardCache:
-    """The last `max_shards` shards read, as (data (N,T,...) stored dtype, actions (N,T))."""
+    """The last `max_shards` shards read, as (data (N,T,C,H,W) stored dtype, actions (N,T)). Pixel frames are
+    transposed to channels-first once per load, so every window is a contiguous copy and converts in one pass."""
 
     def __init__(self, max_shards: int = 2):
         self.max_shards = max_shards
@@ -226,7 +227,10 @@ class ShardCache:
             self.items.move_to_end(info.path)
             return self.items[info.path]
         table = pq.read_table(info.path, columns=[info.column, "actions"])
-        arrays = (to_numpy(table, info.column), to_numpy(table, "actions"))
+        data = to_numpy(table, info.column)
+        if info.column == "frames":                    # (N,T,H,W,3) -> (N,T,3,H,W)
+            data = np.ascontiguousarray(data.transpose(0, 1, 4, 2, 3))
+        arrays = (data, to_numpy(table, "actions"))
         self.items[info.path] = arrays
         while len(self.items) > self.max_shards:
             self.items.popitem(last=False)
@@ -234,44 +238,62 @@ class ShardCache:
 
 
 def make_windows(shards: list[ShardInfo], samples: np.ndarray, spec: WindowSpec, cache: ShardCache) -> dict:
-    """Rows for `samples` (N,4) in order: dict of numpy, data in stored dtype (see the module docstring)."""
+    """Rows for `samples` (N,4) in order: dict of numpy, data in stored dtype and model layout (N,T,C,H,W);
+    padding is zeros (see the module docstring)."""
     m, w = spec.memory_length, spec.window
     assert samples.shape[1] == 4, "samples are epoch_samples rows [shard, row, t0, keep]"
-    out: dict[str, list] = {k: [] for k in BATCH_KEYS}
-    bounds = np.flatnonzero(np.diff(samples[:, 0])) + 1
-    for run in np.split(samples, bounds):              # consecutive samples of one shard
-        if not len(run):
-            continue
-        data, actions = cache.get(shards[run[0, 0]])
+    n = len(samples)
+    out: dict[str, np.ndarray] = {"mem_mask": np.zeros((n, m), bool)}
+    bounds = np.r_[0, np.flatnonzero(np.diff(samples[:, 0])) + 1, n]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):         # consecutive samples of one shard
+        run = samples[lo:hi]
+        data, actions = cache.get(shards[run[0, 0]])   # (N,T,*frame), (N,T,*action)
+        length = data.shape[1]
+        if "x" not in out:
+            for key, arr, t in (("mem_x", data, m), ("x", data, w), ("mem_actions", actions, m),
+                                ("actions", actions, w)):
+                out[key] = np.empty((n, t) + arr.shape[2:], arr.dtype)
+        elif data.shape[2:] != out["x"].shape[2:] or data.dtype != out["x"].dtype:
+            raise ValueError(f"{shards[run[0, 0]].path}: frames {data.shape[2:]} {data.dtype} differ from the "
+                             f"batch's {out['x'].shape[2:]} {out['x'].dtype}; one stream needs one frame shape and dtype")
         idx = run[:, 2:3] + np.arange(-m, w)[None]     # (n, m+w) frame indices, negative = padding
         valid = idx >= 0
         valid[:, :m] &= np.arange(m)[None] >= m - run[:, 3:4]  # memory dropout: the first m - keep are padding
-        safe = np.maximum(idx, 0)
-        frames = data[run[:, 1:2], safe]               # (n, m+w, *frame)
-        acts = np.where(valid, actions[run[:, 1:2], safe], 0)
-        frames[~valid] = 0
-        out["mem_x"].append(frames[:, :m]); out["x"].append(frames[:, m:])
-        out["mem_actions"].append(acts[:, :m]); out["actions"].append(acts[:, m:])
-        out["mem_mask"].append(valid[:, :m])
-    return {k: np.concatenate(v) for k, v in out.items()}
+        flat = run[:, 1:2] * length + np.maximum(idx, 0)       # row-major index into (N*T, ...)
+        for key, src, cols in (("mem_x", data, slice(0, m)), ("x", data, slice(m, m + w)),
+                               ("mem_actions", actions, slice(0, m)), ("actions", actions, slice(m, m + w))):
+            dst = out[key][lo:hi]
+            np.take(src.reshape(-1, *src.shape[2:]), flat[:, cols].ravel(), axis=0, mode="clip",
+                    out=dst.reshape(-1, *dst.shape[2:]))
+            dst[~valid[:, cols]] = 0
+        out["mem_mask"][lo:hi] = valid[:, :m]
+    return out
+
+
+def _to_model(a: np.ndarray) -> np.ndarray:
+    """Rows in stored dtype (B,T,C,H,W) -> float32 model space: pixels frames/127.5 - 1, latents as stored."""
+    out = np.empty(a.shape, np.float32)
+    if a.dtype != np.uint8:
+        np.copyto(out, a)                              # latents, already scaled
+        return out
+    # two contiguous ufunc passes: about 4x faster than a 256-entry lookup table (np.take) on these arrays, and
+    # the same float32 values (k / 127.5 - 1, each step rounded to float32)
+    np.divide(a, np.float32(127.5), out=out, dtype=np.float32)
+    np.subtract(out, np.float32(1.0), out=out)
+    return out
 
 
 def collate(batch: dict) -> dict:
-    """Numpy rows (stored dtype) -> dict of torch tensors as the module docstring lists; pads are exact zeros."""
+    """Numpy rows (stored dtype, model layout) -> dict of torch tensors as the module docstring lists; pads are
+    exact zeros."""
     import torch
 
-    def to_model(a: np.ndarray) -> np.ndarray:
-        if a.dtype == np.uint8:                        # pixels (B,T,H,W,3) -> (B,T,3,H,W) in [-1,1]
-            # one gather pass through a 256-entry table: about 8x faster than torch's strided float/div/sub here
-            return np.take(_PIXEL_TO_UNIT, a.transpose(0, 1, 4, 2, 3))
-        return a.astype(np.float32)                    # latents (B,T,C,h,w), already scaled
-
     mask_np = np.asarray(batch["mem_mask"], dtype=bool)
-    mem_x = to_model(batch["mem_x"])
+    mem_x = _to_model(batch["mem_x"])
     mem_x[~mask_np] = 0.0                              # padding is exact zeros in model space
     return {"mem_x": torch.from_numpy(mem_x),
             "mem_actions": torch.from_numpy(_writable(np.asarray(batch["mem_actions"], np.int64))),
-            "mem_mask": torch.from_numpy(_writable(mask_np)), "x": torch.from_numpy(to_model(batch["x"])),
+            "mem_mask": torch.from_numpy(_writable(mask_np)), "x": torch.from_numpy(_to_model(batch["x"])),
             "actions": torch.from_numpy(_writable(np.asarray(batch["actions"], np.int64)))}
 
 
@@ -373,7 +395,7 @@ def _window_chunks(batch: dict, shards, samples, bounds, spec) -> dict:
     if _worker_cache is None:
         _worker_cache = ShardCache()
     parts = [make_windows(shards, samples[bounds[k]:bounds[k + 1]], spec, _worker_cache) for k in batch["id"]]
-    return {key: np.concatenate([p[key] for p in parts]) for key in BATCH_KEYS}
+    return parts[0] if len(parts) == 1 else {key: np.concatenate([p[key] for p in parts]) for key in BATCH_KEYS}
 
 
 def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, start: int = 0, rank: int = 0,

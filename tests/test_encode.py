@@ -1,8 +1,11 @@
-"""pipeline.encode: identity round trip, tiny real AutoencoderKL, resume after an injected failure, quarantine."""
+"""pipeline.encode: identity round trip, tiny real AutoencoderKL, resume after an injected failure, quarantine; each
+input shard read once; a folder mixing schema versions 1 and 2."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -67,6 +70,26 @@ def test_local_resume_after_injected_failure(tmp_path):
     assert sorted(_read_all(tmp_path / "out", "latents")) == sorted(_read_all(tmp_path / "in", "frames"))
     with pytest.raises(ValueError, match="encoder: folder has 'identity'"):
         run_encode(EncodeConfig(**{**cfg, "encoder": "vae", "vae_path": str(tmp_path)}))
+
+
+def test_local_encode_reads_each_input_shard_once(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    write_synthetic_shards(src, num_shards=3, episodes_per_shard=2, length=4, size=8)
+    swapped = src / "shard-00001.parquet"                 # readable and valid, but not the bytes the manifest lists
+    swapped.write_bytes((src / "shard-00000.parquet").read_bytes())
+    Manifest(src).add(swapped.name, dict(Manifest(src).shards[swapped.name], bytes=swapped.stat().st_size))
+    reads, opened = [], []
+    read_bytes, read_table = Path.read_bytes, pq.read_table
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or read_bytes(self))
+    monkeypatch.setattr(pq, "read_table", lambda source, *a, **k: opened.append(source) or read_table(source, *a, **k))
+    report = run_encode(EncodeConfig(in_dir=str(src), out_dir=str(tmp_path / "out"), backend="local"))
+    assert sorted(reads) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]  # once each
+    assert not [s for s in opened if isinstance(s, (str, Path))]   # every decode is of those bytes, none by path
+    assert [q["shard"] for q in report["quarantined"]] == [swapped.name]
+    assert "checksum differs from the manifest" in report["quarantined"][0]["reason"]
+    assert report["rows_quarantined"] == 2 and report["rows_encoded"] == 4
+    assert (src / "quarantine" / swapped.name).exists()
+    assert sorted(Manifest(tmp_path / "out").shards) == ["shard-00000.parquet", "shard-00002.parquet"]
 
 
 def test_vae_tiny_model_encode_decode(tmp_path, tiny_vae):
@@ -135,3 +158,20 @@ def test_ray_killed_actor_loses_and_duplicates_nothing(tmp_path, ray_cluster):
     assert sorted(latents) == sorted(frames)
     for eid in frames:
         assert np.array_equal(make_encoder("identity").decode(latents[eid]), frames[eid])
+
+
+@pytest.mark.timeout(180)
+def test_ray_encodes_a_folder_mixing_schema_versions(tmp_path, ray_cluster):
+    src = tmp_path / "in"
+    write_synthetic_shards(src, num_shards=2, episodes_per_shard=2, length=4, size=8)
+    run_encode(EncodeConfig(in_dir=str(src), out_dir=str(tmp_path / "local"), backend="local"))
+    old = src / "shard-00000.parquet"                  # rewritten as schema version 1: frames a fixed_shape_tensor
+    t = pq.read_table(old)
+    frames = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(to_numpy(t, "frames")))
+    t = t.set_column(t.schema.get_field_index("frames"), pa.field("frames", frames.type, nullable=False), frames)
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"memvid.schema_version": b"1"}), old)
+    Manifest(src).remove(old.name)                     # new bytes: unlisted, so its footer alone is checked
+    report = run_encode(EncodeConfig(in_dir=str(src), out_dir=str(tmp_path / "ray"), workers=1, batch_size=1))
+    assert report["status"] == "ok" and report["rows_encoded"] == 4   # one Ray dataset per layout (ray #47960)
+    for name in ("shard-00000.parquet", "shard-00001.parquet"):       # output bytes do not depend on the input layout
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()

@@ -121,6 +121,23 @@ def test_ranks_partition_the_epoch(data):
     assert torch.equal(torch.stack([parts[0], parts[1]], 1).reshape(one.shape), one)
 
 
+def test_collate_pixels_match_the_reference_conversion_exactly(data):
+    # two code paths agree: collate's ufunc passes vs a 256-entry table of k / 127.5 - 1 in float32 (the formula the
+    # identity encoder and evaluation use), and channels-first rows vs the stored (T, H, W, 3) frames
+    table = np.arange(256, dtype=np.float32) / 127.5 - 1.0
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 1, 1, 16, 16)
+    got = collate({"mem_x": levels, "x": levels, "mem_mask": np.ones((1, 1), bool),
+                   "mem_actions": np.zeros((1, 1), np.int64), "actions": np.zeros((1, 1), np.int64)})
+    assert got["x"].dtype == torch.float32 and np.array_equal(got["x"].numpy(), table[levels])
+    spec = WindowSpec(memory_length=3, window=2, batch_size=4, seed=0)
+    shards = index_shards(data)
+    samples = epoch_samples(shards, spec, 0)[:6]
+    rows = make_windows(shards, samples, spec, ShardCache())
+    for (si, row, t0, _), x in zip(samples, rows["x"]):
+        frames = to_numpy(pq.read_table(shards[si].path), "frames")[row]     # (T, H, W, 3)
+        assert np.array_equal(x, frames[t0:t0 + 2].transpose(0, 3, 1, 2))   # (w, 3, H, W)
+
+
 def test_latent_shards_give_the_same_windows(data, tmp_path):
     run_encode(EncodeConfig(in_dir=str(data), out_dir=str(tmp_path / "lat"), backend="local"))
     spec = WindowSpec(memory_length=5, window=3, batch_size=4, seed=2)

@@ -142,14 +142,14 @@ def decode_to_unit(latents: np.ndarray, encoder_json: str) -> np.ndarray:
 def load_labelled_frames(data_dir: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(x (N,3,H,W) float32 in [-1,1], scene (N,S) int16, episode index (N,) int64, episode ids), frames
     evenly strided in each episode."""
-    from pipeline.schema import to_numpy
+    from pipeline.schema import tensor_shape, to_numpy
     from pipeline.shards import read_shard
 
     rows = []
     for path in shard_paths(data_dir):
         kind = shard_kind(path)
         rows.append((path, kind, read_shard(path, kind)))
-    num_frames = sum(len(t) * t.schema.field(k).type.shape[0] for _, k, t in rows)
+    num_frames = sum(len(t) * tensor_shape(t.schema, k)[0] for _, k, t in rows)
     stride = max(1, -(-num_frames // max_frames))
     xs, scenes, episodes, names = [], [], [], []
     for path, kind, table in rows:

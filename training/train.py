@@ -123,6 +123,7 @@ def latent_shape(data_dir: str) -> tuple[int, int]:
     """(channels, resolution) of the latents in a latent-shard folder; errors say which command to run first."""
     import pyarrow.parquet as pq
 
+    from pipeline.schema import tensor_shape
     from pipeline.shards import Manifest
 
     folder = Path(data_dir)
@@ -134,7 +135,7 @@ def latent_shape(data_dir: str) -> tuple[int, int]:
     if schema.get_field_index("latents") < 0:
         raise ValueError(f"--data-dir {data_dir}: {paths[0].name} has no 'latents' column (an episode folder?); "
                          f"encode it with `python -m pipeline.encode --in {data_dir} --out <latents>`")
-    _, c, h, w = schema.field("latents").type.shape  # (T,C,h,w)
+    _, c, h, w = tensor_shape(schema, "latents")  # (T,C,h,w)
     if h != w:
         raise ValueError(f"--data-dir {data_dir}: latents are {h}x{w}; the denoiser expects square frames")
     return int(c), int(h)
