@@ -5,11 +5,12 @@
     python -m training.demo --dry-run          # print the resolved config
 
 Stages, each resumable, and skipped on a rerun once finished (<out>/stages.json):
-  1 collect     pipeline.collect: maze episodes of the revisit agent (Ray tasks)      -> <out>/episodes
+  1 collect     pipeline.collect: maze episodes of the lookback agent (Ray tasks)     -> <out>/episodes
   2 encode      pipeline.encode --encoder identity (Ray Data)                          -> <out>/latents
   3 eval cases  pipeline.eval_cases: retrieval (and rollout) cases from the latents    -> <out>/latents/*.parquet
   4 train       training.train: the tiny denoiser, Ray Train, 1 worker                 -> <out>/train/demo
-  5 evaluate    training.evaluate: Meta-ARVDM sampling, retrieval/SSIM/PSNR, videos    -> <out>/eval
+  5 evaluate    training.evaluate at memory --short-memory and --memory-length, paired,
+                with the calibration rows (ground truth, copy, last frame, other episode) -> <out>/eval
 Everything is logged to one MLflow store, <out>/mlflow.db (artifacts in <out>/mlartifacts).
 
 At this scale (a 0.2M-parameter denoiser, 150 steps, 16x16 frames) the model has barely learned:
@@ -42,6 +43,7 @@ class DemoConfig:
     maze_size: int = field(9, "maze grid size in cells (odd)")
     memory: str = field("prepend", "memory structure of the denoiser", choices=["none", "prepend", "concat", "cross_attn"])
     memory_length: int = field(16, "memory frames m")
+    short_memory: int = field(4, "the same model is also evaluated with only this many memory frames (paired)")
     window: int = field(8, "current window w")
     batch_size: int = field(8, "clips per training step")
     train_steps: int = field(150, "optimizer steps")
@@ -62,6 +64,9 @@ class DemoConfig:
                      "eval_cases", "eval_steps", "probe_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
+        if not 0 <= self.short_memory < self.memory_length:
+            raise ValueError(f"--short-memory {self.short_memory}: expected 0 <= short memory < --memory-length "
+                             f"{self.memory_length}")
 
     @property
     def root(self) -> Path:
@@ -94,7 +99,7 @@ class Stages:
 def collect(cfg: DemoConfig) -> dict:
     from pipeline.collect import CollectConfig, run_collect
 
-    out = run_collect(CollectConfig(env="maze", agent="revisit", episodes=cfg.episodes, length=cfg.length,
+    out = run_collect(CollectConfig(env="maze", agent="lookback", episodes=cfg.episodes, length=cfg.length,
                                     resolution=cfg.resolution, maze_size=cfg.maze_size, seed=cfg.seed,
                                     out=str(cfg.root / "episodes"), workers=2,
                                     episodes_per_shard=max(1, cfg.episodes // 2)))
@@ -116,7 +121,7 @@ def eval_cases(cfg: DemoConfig) -> dict:
     from pipeline.eval_cases import build_eval_cases, build_rollout_cases
 
     latents = cfg.root / "latents"
-    cases = build_eval_cases(latents, cases_per_bin=cfg.eval_cases, max_memory=112, horizon=2 * cfg.window,
+    cases = build_eval_cases(latents, cases_per_bin=cfg.eval_cases, max_memory=112, horizon=cfg.window,
                              seed=cfg.seed, window=cfg.window)
     rollouts = build_rollout_cases(latents, num_cases=cfg.rollout_cases, seed=cfg.seed) if cfg.rollout_cases else None
     return {"cases": str(cases), "rollout_cases": str(rollouts) if rollouts else ""}
@@ -148,6 +153,7 @@ def evaluate(cfg: DemoConfig, checkpoint: str, rollout_cases: str) -> dict:
 
     metrics = run_evaluation(EvalConfig(
         checkpoint=str(Path(checkpoint).parent), cases=str(cfg.root / "latents" / "eval_cases.parquet"),
+        memory_lengths=sorted({cfg.short_memory, cfg.memory_length}),
         rollout_cases=rollout_cases, out_dir=str(cfg.root / "eval"), steps=cfg.eval_steps,
         num_rollout_cases=cfg.rollout_cases, batch_size=4, num_videos=2, device="cpu", seed=cfg.seed,
         probe_max_steps=cfg.probe_steps, tracking_uri=default_tracking_uri(cfg.root), experiment="memvid-demo"))
