@@ -11,7 +11,8 @@ no HUD, DEBUG.MAZE.LAYOUT set), 64x64 RGB, fps 30, every action held for `num_st
 
 The C contract (python/dmlab_module.c) this follows: config values are strings; `observations()` raises
 RuntimeError once the episode has ended, so the adapter reads observations after reset and after each step only
-while `is_running()`; at the end it returns the last frame again with terminated=True.
+while `is_running()`; at the end it returns the last frame again with terminated=True. Every reset is
+`Lab.reset(episode=0, seed=...)`, so an engine reused for many episodes plays each as a fresh engine's first.
 Poses: info["pose"] = (x, y, z, pitch, yaw) from DEBUG.POS.TRANS (world units, 100 per maze cell) and
 DEBUG.POS.ROT (degrees; yaw grows counter-clockwise). info["scene"] = -1 (DMLab exposes no labels);
 info["maze_layout"] = DEBUG.MAZE.LAYOUT text for the BFS agent.
@@ -126,7 +127,9 @@ class DMLabEnv(gym.Env):
             self._build()
         lab_seed = int(seed) % (2**31 - 1) if seed is not None else int(self.np_random.integers(2**31 - 1))
         try:
-            self._lab.reset(seed=lab_seed)  # the C module wants a Python int, not a numpy integer
+            # episode=0: the C module otherwise counts episodes and hands the count to the level's start(), so an
+            # engine kept between episodes (pipeline.collect's workers) starts each one as a fresh engine would.
+            self._lab.reset(episode=0, seed=lab_seed)  # the C module wants a Python int, not a numpy integer
             self._last = self._observe()
             self._running = True
         except Exception as e:

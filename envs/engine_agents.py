@@ -10,10 +10,11 @@
 
 Both emit the project's action ids (same as TECO's DMLab data): 0 look_left, 1 look_right, 2 forward.
 
-`rollout_engine(env_name, env_settings, agent, agent_settings, length, rng)` plays one episode with the same
-signature and result keys as `envs.rollout.rollout` (actions[t] = action taken AFTER frame t; the last one is
-the action the agent would take next). The first `skip_steps` steps are played but not recorded (TECO skips 10
-in DMLab). The env is closed in every case, so a crash never leaks an engine process.
+`play_episode(env, env_name, agent, agent_settings, length, rng)` plays one episode on an env that is already
+built (envs.rollout.EpisodePlayer keeps one per worker) with the result keys of `envs.rollout.rollout`
+(actions[t] = action taken AFTER frame t; the last one is the action the agent would take next). The first
+`skip_steps` steps are played but not recorded (TECO skips 10 in DMLab). `rollout_engine(env_name, env_settings,
+...)` does the same on a fresh env and closes it in every case, so a crash never leaks an engine process.
 """
 from __future__ import annotations
 
@@ -165,43 +166,52 @@ def make_agent(env_name: str, agent: str, rng: np.random.Generator, **settings):
     return MazeGoalAgent(rng, **settings) if env_name == "dmlab" else MinecraftExplorer(rng, **settings)
 
 
-def rollout_engine(env_name: str, env_settings: dict, agent: str, agent_settings: dict, length: int,
-                   rng: np.random.Generator) -> dict:
-    """One recorded episode of `length` frames; same keys as envs.rollout.rollout. Raises EpisodeEnded when the
-    engine ends the episode early, EngineCrash/EngineMissing from the adapter (the env is closed either way)."""
+def play_episode(env, env_name: str, agent: str, agent_settings: dict, length: int,
+                 rng: np.random.Generator) -> dict:
+    """One recorded episode of `length` frames on `env` (reset here with a seed drawn from `rng`, then the agent's
+    generator); same keys as envs.rollout.rollout. Raises EpisodeEnded when the engine ends the episode early,
+    EngineCrash from the adapter. The env is left open: the caller owns it (and should close it after a raise)."""
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     agent_settings = dict(agent_settings)
     skip = int(agent_settings.pop("skip_steps", DEFAULT_SKIP_STEPS.get(env_name, 0)))
     env_seed = int(rng.integers(2**31 - 1))
     policy = make_agent(env_name, agent, np.random.default_rng(int(rng.integers(2**63 - 1))), **agent_settings)
+    obs, info = env.reset(seed=env_seed)
+    policy.reset(obs, info)
+    for step in range(skip):
+        obs, _, term, trunc, info = env.step(policy.act(obs, info))
+        if term or trunc:
+            raise EpisodeEnded(f"{env_name}: episode ended during the {skip} skipped steps (step {step})")
+    frames, poses, actions = [], [], []
+    for t in range(length):
+        frames.append(obs["rgb"])
+        poses.append(info["pose"])
+        actions.append(policy.act(obs, info))
+        if t < length - 1:
+            obs, _, term, trunc, info = env.step(actions[-1])
+            if term or trunc:
+                raise EpisodeEnded(f"{env_name}: episode ended after {t + 1} of {length} frames")
+    return {
+        "frames": np.stack(frames).astype(np.uint8, copy=False),  # (T,H,W,3)
+        "actions": np.asarray(actions, dtype=np.int64),  # (T,)
+        "poses": np.stack(poses).astype(np.float32, copy=False),  # (T,5)
+        "scene": np.full((length, 4), -1, dtype=np.int16),  # engines expose no scene labels
+        "revisit_gap": np.full(length, -1, dtype=np.int32),
+        "fps": float(env.recording_fps),
+        "env_config": {**env.config, "env_seed": env_seed, "skip_steps": skip},
+    }
+
+
+def rollout_engine(env_name: str, env_settings: dict, agent: str, agent_settings: dict, length: int,
+                   rng: np.random.Generator) -> dict:
+    """play_episode on a fresh env of `env_name`, closed in every case (EngineMissing when the engine is absent)."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
     from envs import make_env  # imports envs/<env_name>.py only now
 
     env = make_env(env_name, **env_settings)
     try:
-        obs, info = env.reset(seed=env_seed)
-        policy.reset(obs, info)
-        for step in range(skip):
-            obs, _, term, trunc, info = env.step(policy.act(obs, info))
-            if term or trunc:
-                raise EpisodeEnded(f"{env_name}: episode ended during the {skip} skipped steps (step {step})")
-        frames, poses, actions = [], [], []
-        for t in range(length):
-            frames.append(obs["rgb"])
-            poses.append(info["pose"])
-            actions.append(policy.act(obs, info))
-            if t < length - 1:
-                obs, _, term, trunc, info = env.step(actions[-1])
-                if term or trunc:
-                    raise EpisodeEnded(f"{env_name}: episode ended after {t + 1} of {length} frames")
-        return {
-            "frames": np.stack(frames).astype(np.uint8, copy=False),  # (T,H,W,3)
-            "actions": np.asarray(actions, dtype=np.int64),  # (T,)
-            "poses": np.stack(poses).astype(np.float32, copy=False),  # (T,5)
-            "scene": np.full((length, 4), -1, dtype=np.int16),  # engines expose no scene labels
-            "revisit_gap": np.full(length, -1, dtype=np.int32),
-            "fps": float(env.recording_fps),
-            "env_config": {**env.config, "env_seed": env_seed, "skip_steps": skip},
-        }
+        return play_episode(env, env_name, agent, agent_settings, length, rng)
     finally:
         env.close()

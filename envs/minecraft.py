@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util  # here: imported inside _load_factory it made `importlib` a local name there
 import os
 import shutil
 import sys
@@ -84,8 +85,6 @@ def _load_factory(path: str):
     if not module or not func:
         raise ValueError(f"envs.minecraft: engine_factory must be 'module:function' or 'file.py:function', got {path!r}")
     if module.endswith(".py"):
-        import importlib.util
-
         spec = importlib.util.spec_from_file_location(os.path.basename(module)[:-3], module)
         if spec is None or not os.path.isfile(module):
             raise ValueError(f"envs.minecraft: engine_factory file {module} does not exist")

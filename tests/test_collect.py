@@ -1,4 +1,5 @@
-"""pipeline.collect on a real local Ray cluster with the real maze: determinism, resume, failures, bad input."""
+"""pipeline.collect on a real local Ray cluster with the real maze: determinism, env reuse, resume, failures,
+bad input."""
 import json
 import subprocess
 import sys
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 from envs.rollout import rollout
-from pipeline.collect import CollectConfig, main, render_shard, run_collect
-from pipeline.schema import to_numpy
-from pipeline.shards import Manifest, read_shard
+from pipeline.collect import CollectConfig, ShardWorker, main, render_episode, render_shard, run_collect, shard_episodes
+from pipeline.schema import episodes_to_table, to_numpy
+from pipeline.shards import Manifest, read_shard, write_shard
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,9 @@ def clean(ray_cluster, tmp_path_factory):
 def test_clean_run_round_trips_and_episodes_come_from_their_own_seed(clean):
     out, summary, blobs = clean
     assert summary["written"] == 3 and summary["failed"] == [] and summary["frames"] == 48
+    # One worker kept one env for all 6 episodes.
+    assert summary["workers"] == 1 and summary["env_launches"] == 1 and summary["episodes_rendered"] == 6
+    assert summary["launches_per_episode"] == pytest.approx(1 / 6)
     assert sorted(blobs) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
     manifest = Manifest(out)
     assert [p.name for p in manifest.done_paths()] == sorted(blobs) and manifest.num_rows == 6
@@ -58,48 +62,86 @@ def test_clean_run_round_trips_and_episodes_come_from_their_own_seed(clean):
 def test_same_bytes_with_two_workers_and_rerun_skips_everything(clean, tmp_path):
     out, _, blobs = clean
     summary = run_collect(tiny(tmp_path, workers=2))
-    assert summary["written"] == 3
+    assert summary["written"] == 3 and summary["workers"] == 2 and summary["env_launches"] == 2
     assert shard_bytes(tmp_path) == blobs  # shard partitioning is by episode index, not by worker
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
     again = run_collect(tiny(out, workers=2))
     assert again["skipped"] == 3 and again["written"] == 0
     assert shard_bytes(out) == blobs
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")} == mtimes
-    # A different seed gives different episodes.
+    # A different seed gives different episodes (rendered by a worker outside Ray).
     other = tmp_path / "seed4"
-    run_collect(tiny(other, seed=4, episodes=2))
+    other.mkdir()
+    assert render_shard(tiny(other, seed=4), 0)["entry"] is not None
     assert shard_bytes(other)["shard-00000.parquet"] != blobs["shard-00000.parquet"]
 
 
-def test_worker_killed_mid_shard_then_rerun_completes_the_same_set(clean, tmp_path):
+def test_reused_env_gives_the_bytes_of_a_fresh_env_per_episode(clean, tmp_path):
+    _, _, blobs = clean  # rendered by one worker that kept its env for all 6 episodes
+    cfg = tiny(tmp_path)
+    for index in range(cfg.num_shards):  # a fresh env for every episode, written as a worker writes a shard
+        rows = [render_episode(cfg, episode) for episode in shard_episodes(cfg, index)]
+        write_shard(episodes_to_table(rows, "frames"), tmp_path / f"shard-{index:05d}.parquet")
+    assert shard_bytes(tmp_path) == blobs
+
+
+def test_worker_keeps_its_env_and_replaces_it_after_a_failed_episode(clean, tmp_path):
+    """The actor's body without Ray: shards in another order on one env; a failing attempt gets a new env."""
     _, _, blobs = clean
-    # The worker rendering shard 1 dies (os._exit) in its second episode; no Ray-level retry.
+    worker = ShardWorker(tiny(tmp_path, max_retries=1), worker_index=7)
+    first = worker.render_shard(2)
+    env = worker.player.env
+    second = worker.render_shard(1)
+    assert worker.player.env is env and worker.num_launches == 1  # one env for 4 episodes
+    assert (first["launches"], second["launches"], first["worker"]) == (1, 0, 7)
+    third = worker.render_shard(0, fault={"shard": 0, "episode_index": 1, "mode": "raise", "attempts": 1})
+    assert worker.player.env is not env and worker.num_launches == 2 and third["launches"] == 1
+    assert [(f["episode_index"], f["attempt"]) for f in third["failures"]] == [(1, 0)]
+    worker.close()
+    assert worker.player.env is None
+    assert shard_bytes(tmp_path) == blobs  # episode 1 on its second env equals the clean run's
+
+
+def test_worker_killed_mid_shard_is_replaced_and_the_shard_retried_or_left(clean, tmp_path):
+    _, _, blobs = clean
+    # 1) The worker rendering shard 1 dies (os._exit) in its second episode; --max-retries 0: shard left not-done.
     summary = run_collect(tiny(tmp_path, max_retries=0), fault={"shard": 1, "episode_index": 3, "mode": "exit"})
     assert summary["failed"] == ["shard-00001.parquet"] and summary["written"] == 2
+    assert summary["workers_lost"] == 1
     assert not (tmp_path / "shard-00001.parquet").exists()
     assert not list(tmp_path.glob(".shard-*"))  # no partial shard anywhere
     assert not Manifest(tmp_path).is_done("shard-00001.parquet")
     records = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
-    assert [r["shard"] for r in records] == ["shard-00001.parquet"] and "Error" in records[0]["error"]
-    resumed = run_collect(tiny(tmp_path, max_retries=0))
-    assert resumed["skipped"] == 2 and resumed["written"] == 1
+    assert [r["shard"] for r in records] == ["shard-00001.parquet"] and "ActorDiedError" in records[0]["error"]
+    assert "shard left not-done" in records[0]["error"]
+    # 2) Rerun with --max-retries 1: the worker dies on shard 1 once more; the driver replaces it and the new
+    #    worker renders the whole shard again.
+    once = tmp_path.parent / f"{tmp_path.name}-died-once"
+    resumed = run_collect(tiny(tmp_path, max_retries=1),
+                          fault={"shard": 1, "episode_index": 3, "mode": "exit", "once_file": str(once)})
+    assert resumed["skipped"] == 2 and resumed["written"] == 1 and resumed["failed"] == []
+    assert resumed["workers_lost"] == 1 and once.exists()
+    records = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and "worker lost, shard retried" in records[1]["error"]
     assert shard_bytes(tmp_path) == blobs  # no episode lost or duplicated
     assert Manifest(tmp_path).num_rows == 6
 
 
 def test_failing_episodes_are_retried_logged_or_left_not_done(clean, tmp_path):
     _, _, blobs = clean
-    # 1) The episode hangs on its first attempt: the per-episode timeout fires, a fresh env retries it.
+    # 1) The second episode of shard 1 hangs on its first attempt: the per-episode timeout fires, the worker
+    #    replaces its env and retries it.
     hung = tmp_path / "hung"
-    summary = run_collect(tiny(hung), fault={"shard": 1, "episode_index": 2, "mode": "hang", "attempts": 1,
-                                             "timeout_sec": 1.0})
+    summary = run_collect(tiny(hung, workers=1), fault={"shard": 1, "episode_index": 3, "mode": "hang",
+                                                        "attempts": 1, "timeout_sec": 1.0})
     records = [json.loads(line) for line in (hung / "failures.jsonl").read_text().splitlines()]
     assert summary["failed"] == [] and len(records) == 1
-    assert records[0]["episode_index"] == 2 and records[0]["error"].startswith("EpisodeTimeout")
+    assert records[0]["episode_index"] == 3 and records[0]["error"].startswith("EpisodeTimeout")
+    assert summary["env_launches"] == 2  # the worker's env, and the new one it built after the timeout
     assert shard_bytes(hung) == blobs  # the retried episode is the same episode
     # 2) The episode fails on every attempt: 1 + max_retries records, shard left for the next run.
     broken = tmp_path / "broken"
-    summary = run_collect(tiny(broken), fault={"shard": 0, "episode_index": 1, "mode": "raise"})
+    summary = run_collect(tiny(broken, workers=1), fault={"shard": 0, "episode_index": 1, "mode": "raise"})
     records = [json.loads(line) for line in (broken / "failures.jsonl").read_text().splitlines()]
     assert summary["failed"] == ["shard-00000.parquet"]
     assert [(r["episode_index"], r["attempt"]) for r in records] == [(1, 0), (1, 1)]

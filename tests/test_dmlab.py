@@ -4,6 +4,7 @@ The double (tests/fake_deepmind_lab.py) follows python/dmlab_module.c; the first
 adapter is tested against the real module's behaviour. One test runs the real deepmind_lab when it imports.
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from gymnasium.utils.env_checker import check_env
 from envs.dmlab import DMLabEnv, import_lab
 from envs.engine_agents import EpisodeEnded, MazeGoalAgent, parse_layout, rollout_engine
 from envs.engine_errors import EngineCrash, EngineMissing
+from envs.rollout import EpisodePlayer
 from pipeline.shards import read_shard
 
 FAKE = str(Path(__file__).resolve().with_name("fake_deepmind_lab.py"))  # lab_module by path: any sys.path, Ray too
@@ -154,6 +156,61 @@ def test_rollout_engine_records_teco_style_episode():
     assert np.array_equal(ep["frames"], again["frames"]) and np.array_equal(ep["actions"], again["actions"])
 
 
+@pytest.fixture
+def counted_lab(monkeypatch):
+    """The double as module `counted_deepmind_lab`, whose Lab counts engine launches (Lab constructions) and
+    records the episode number of every reset."""
+    module = import_lab(FAKE)
+    launches = []
+
+    class CountedLab(module.Lab):
+        def __init__(self, *args, **kwargs):
+            launches.append([])
+            super().__init__(*args, **kwargs)
+
+        def reset(self, episode=-1, seed=None):
+            launches[-1].append(episode)
+            return super().reset(episode=episode, seed=seed)
+
+    monkeypatch.setattr(module, "Lab", CountedLab)
+    monkeypatch.setitem(sys.modules, "counted_deepmind_lab", module)
+    return launches
+
+
+def assert_same_episode(a: dict, b: dict) -> None:
+    for key in ("frames", "actions", "poses", "scene", "revisit_gap"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert (a["fps"], a["env_config"]) == (b["fps"], b["env_config"])
+
+
+def test_player_keeps_one_engine_and_matches_a_fresh_engine_per_episode(counted_lab):
+    settings = {"resolution": 16, "lab_module": "counted_deepmind_lab"}
+    player = EpisodePlayer("dmlab", settings, "explore")
+    kept = {i: player.play(40, np.random.default_rng([5, i])) for i in (2, 0, 1)}  # any order
+    assert len(counted_lab) == player.num_launches == 1
+    assert counted_lab[0] == [0, 0, 0]  # each reset starts the level as a fresh engine's first episode
+    for i, ep in kept.items():
+        assert_same_episode(ep, rollout_engine("dmlab", settings, "explore", {}, 40, np.random.default_rng([5, i])))
+    assert len(counted_lab) == 4  # one launch per episode on the fresh-engine path
+    assert not np.array_equal(kept[0]["frames"], kept[1]["frames"])
+    player.close()
+
+
+def test_player_replaces_a_crashed_engine_and_replays_the_episode(counted_lab, tmp_path):
+    settings = {"resolution": 16, "lab_module": "counted_deepmind_lab",
+                "level_options": {"fakeCrashAtStep": 13, "fakeCrashFile": str(tmp_path / "crashed")}}
+    player = EpisodePlayer("dmlab", settings, "explore")
+    first = player.play(3, np.random.default_rng([5, 0]))  # 10 skipped + 2 steps: stops short of step 13
+    with pytest.raises(EngineCrash, match="Failed to advance environment"):
+        player.play(20, np.random.default_rng([5, 1]))
+    assert player.env is None and player.num_launches == 1  # the crashed engine is closed, not reused
+    again = player.play(20, np.random.default_rng([5, 1]))  # the same episode on a new engine
+    assert player.num_launches == len(counted_lab) == 2
+    player.close()
+    assert_same_episode(again, rollout_engine("dmlab", settings, "explore", {}, 20, np.random.default_rng([5, 1])))
+    assert first["frames"].shape == (3, 16, 16, 3)
+
+
 def test_goal_agent_explores_most_of_the_maze():
     env = DMLabEnv(resolution=8, lab_module=FAKE)
     obs, info = env.reset(seed=21)
@@ -199,9 +256,12 @@ def test_real_deepmind_lab_when_installed():
 @pytest.mark.timeout(180)
 def test_collect_dmlab_with_a_crash_end_to_end(tmp_path, monkeypatch):
     """The double (by file path, so Ray workers import it whatever their sys.path) crashes once mid-episode:
-    collect drops the partial episode, retries on a fresh env, logs the failure, and writes valid shards."""
-    from pipeline.collect import FAILURES, CollectConfig, run_collect
+    collect drops the partial episode, retries on a new engine, logs the failure, and writes valid shards whose
+    bytes equal those of a fresh engine per episode."""
+    from pipeline.collect import FAILURES, CollectConfig, render_episode, run_collect, shard_episodes, shard_name
     from pipeline.inspect import inspect_dir
+    from pipeline.schema import episodes_to_table
+    from pipeline.shards import write_shard
 
     monkeypatch.setenv("MEMVID_DMLAB_MODULE", FAKE)
     monkeypatch.setenv("FAKE_DMLAB_CRASHATSTEP", "13")  # inside the recorded part (10 skipped steps first)
@@ -211,6 +271,8 @@ def test_collect_dmlab_with_a_crash_end_to_end(tmp_path, monkeypatch):
                         out=str(out), max_retries=1)
     summary = run_collect(cfg)
     assert summary["written"] == 2 and summary["failed"] == [] and summary["failures_logged"] == 1
+    # Two workers, one engine each, plus the one that replaced the crashed engine.
+    assert summary["workers"] == 2 and summary["env_launches"] == 3 and summary["episodes_rendered"] == 3
     failure = json.loads((out / FAILURES).read_text().splitlines()[0])
     assert "EngineCrash" in failure["error"] and "Failed to advance environment" in failure["error"]
     report = inspect_dir(out, preview=False)
@@ -219,3 +281,10 @@ def test_collect_dmlab_with_a_crash_end_to_end(tmp_path, monkeypatch):
     config = json.loads(table.column("env_config")[0].as_py())
     assert config["lab_module"] == "fake_deepmind_lab" and config["num_steps"] == 4
     assert run_collect(cfg)["skipped"] == 2  # rerun: nothing left to do
+    # The shards equal a fresh engine per episode (the double no longer crashes: its crash file exists).
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for index in range(cfg.num_shards):
+        rows = [render_episode(cfg, episode) for episode in shard_episodes(cfg, index)]
+        write_shard(episodes_to_table(rows, "frames"), fresh / shard_name(index))
+        assert (fresh / shard_name(index)).read_bytes() == (out / shard_name(index)).read_bytes()

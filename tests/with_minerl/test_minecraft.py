@@ -4,6 +4,7 @@ Runs in .venv-minerl (Makefile: `make test`): the real spec classes, handlers, M
 Malmo XSD shipped in the wheel, action -> Malmo command translation and observation handlers. Only Minecraft
 itself is replaced, by MineRL's own fake env fed through `_get_fake_malmo_data` (tests/with_minerl/fake_minerl.py).
 """
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,26 @@ HERE = Path(__file__).resolve().parent
 FAKE = f"{HERE / 'fake_minerl.py'}:make_fake"  # by file path: independent of sys.path
 CRASHING = f"{HERE / 'fake_minerl.py'}:make_crashing"
 SCHEMAS = Path(minerl.__file__).parent / "Malmo" / "Schemas"
+COUNTED = f"{__name__}:counted_engine"  # this module's factory below, found in sys.modules
+_spec = importlib.util.spec_from_file_location("fake_minerl", HERE / "fake_minerl.py")
+fake_minerl = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fake_minerl)
+ENGINES = {"launched": 0, "crash_first": 0}  # reset by the `engines` fixture
+
+
+def counted_engine(spec):
+    """engine_factory that counts Minecraft launches; the first ENGINES["crash_first"] engines die mid-episode."""
+    ENGINES["launched"] += 1
+    crash = ENGINES["launched"] <= ENGINES["crash_first"]
+    return fake_minerl.make_crashing(spec) if crash else fake_minerl.make_fake(spec)
+
+
+@pytest.fixture
+def engines(monkeypatch):
+    monkeypatch.setitem(ENGINES, "launched", 0)
+    monkeypatch.setitem(ENGINES, "crash_first", 0)
+    monkeypatch.setenv("MEMVID_MINERL_ENGINE_FACTORY", COUNTED)
+    return ENGINES
 
 
 def test_imports_without_torch_or_ray():
@@ -144,3 +165,50 @@ def test_collect_worker_path_writes_a_valid_shard(tmp_path, monkeypatch):
     res = render_shard(cfg, 0)
     assert res["entry"] is None and len(res["failures"]) == 2  # 1 + max_retries attempts, each recorded
     assert all("EngineCrash" in f["error"] and "Broken pipe" in f["error"] for f in res["failures"])
+
+
+def shards_of_fresh_engines(cfg, indices) -> dict[int, bytes]:
+    """The shards as a fresh engine per episode would write them (pipeline.collect.render_episode)."""
+    from pipeline.collect import render_episode, shard_episodes, shard_name
+    from pipeline.schema import episodes_to_table
+    from pipeline.shards import write_shard
+
+    out = {}
+    for index in indices:
+        path = Path(cfg.out) / "fresh" / shard_name(index)
+        path.parent.mkdir(exist_ok=True)
+        write_shard(episodes_to_table([render_episode(cfg, i) for i in shard_episodes(cfg, index)], "frames"), path)
+        out[index] = path.read_bytes()
+    return out
+
+
+def test_collect_worker_keeps_one_minecraft_and_writes_a_fresh_engines_bytes(tmp_path, engines):
+    """pipeline.collect's worker (the Ray actor's body; no Ray here) launches Minecraft once for 4 episodes in
+    2 shards, and its shards are byte for byte those of a fresh Minecraft per episode."""
+    from pipeline.collect import CollectConfig, ShardWorker
+
+    cfg = CollectConfig(env="minecraft", episodes=4, length=12, resolution=16, episodes_per_shard=2,
+                        out=str(tmp_path), max_retries=1)
+    worker = ShardWorker(cfg)
+    results = [worker.render_shard(1), worker.render_shard(0)]
+    assert engines["launched"] == worker.num_launches == 1 and [r["launches"] for r in results] == [1, 0]
+    assert all(r["entry"] is not None and r["failures"] == [] for r in results)
+    worker.close()
+    fresh = shards_of_fresh_engines(cfg, [0, 1])
+    assert engines["launched"] == 1 + 4  # the reference path: one launch per episode
+    assert {i: (tmp_path / r["name"]).read_bytes() for i, r in zip([1, 0], results)} == fresh
+
+
+def test_collect_worker_replaces_a_crashed_minecraft_and_retries_the_episode(tmp_path, engines):
+    from pipeline.collect import CollectConfig, ShardWorker
+
+    cfg = CollectConfig(env="minecraft", episodes=2, length=12, resolution=16, episodes_per_shard=2,
+                        out=str(tmp_path), max_retries=1)
+    engines["crash_first"] = 1  # the first Minecraft breaks its pipe on its 4th tick
+    worker = ShardWorker(cfg)
+    res = worker.render_shard(0)
+    assert res["entry"] is not None and res["launches"] == engines["launched"] == 2
+    assert [(f["episode_index"], f["attempt"]) for f in res["failures"]] == [(0, 0)]
+    assert "EngineCrash" in res["failures"][0]["error"] and "Broken pipe" in res["failures"][0]["error"]
+    worker.close()
+    assert (tmp_path / res["name"]).read_bytes() == shards_of_fresh_engines(cfg, [0])[0]  # nothing lost or doubled
