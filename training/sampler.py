@@ -20,6 +20,8 @@ Reference frames R_i (the memory): `reference.indices(num_known)` over the clean
 truth memory first then generated frames; default the last `memory_length` of them (`LastFrames`). They go to
 the denoiser as mem_x (B,M,C,H,W), mem_actions (B,M), mem_mask (B,M), left-padded (mask False) while fewer
 than M frames are known. Causality (Requirement 1) is checked at every AR step.
+Memory cache: the references are fixed for a whole AR step, so a denoiser that offers `encode_memory` gets them
+encoded once per AR step (`memory_cache=`) instead of re-reading them at every sub-step (docs/sampler.md).
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def _references(known_x, known_a, idx: list[int], size: int):
 def sample(denoiser, diffusion: Diffusion, schedule: ARSchedule, actions: torch.Tensor,
            memory_x: torch.Tensor | None, memory_actions: torch.Tensor | None, memory_length: int,
            generator: torch.Generator, frame_shape: tuple[int, int, int] | None = None, *,
-           eta: float = 0.0, reference=None) -> torch.Tensor:
+           eta: float = 0.0, reference=None, cache_memory: bool = True) -> torch.Tensor:
     """Generate N frames with Meta-ARVDM; returns (B,N,C,H,W) on actions.device.
 
     Args:
@@ -75,6 +77,10 @@ def sample(denoiser, diffusion: Diffusion, schedule: ARSchedule, actions: torch.
         frame_shape: (C,H,W); needed only when memory_x is None.
         eta: DDIM eta (0 deterministic, 1 DDPM-like).
         reference: a reference policy (`indices(num_known)`, `size`); default LastFrames(memory_length).
+        cache_memory: when the denoiser offers `encode_memory(mem_x, mem_actions, mem_mask) -> cache` (and
+            accepts `memory_cache=cache`), encode each distinct memory once and reuse it for every sub-step
+            that sees it; False (or a denoiser without it) passes mem_x/mem_actions/mem_mask to every call.
+            Both give the same frames up to float rounding.
     """
     device = actions.device
     B, N = actions.shape
@@ -106,16 +112,30 @@ def sample(denoiser, diffusion: Diffusion, schedule: ARSchedule, actions: torch.
     def levels_tensor(ks: list[int]) -> torch.Tensor:
         return torch.tensor(ks, device=device, dtype=torch.long).expand(B, len(ks))
 
+    encode = getattr(denoiser, "encode_memory", None) if cache_memory else None
+    last: list = [None, None]  # (reference indices, denoiser memory kwargs) of the latest memory
+
+    def memory(idx: list[int]) -> dict:
+        """The denoiser's memory kwargs for reference frames `idx`; the same indices name the same frames
+        (known frames are never rewritten), so a repeated memory is neither gathered nor encoded again."""
+        if last[0] != idx:
+            mem_x, mem_a, mask = _references(known_x, known_a, idx, reference.size)
+            if encode is None or mem_x is None:
+                last[1] = dict(mem_x=mem_x, mem_actions=mem_a, mem_mask=mask)
+            else:
+                last[1] = dict(memory_cache=encode(mem_x, mem_a, mask))
+            last[0] = idx
+        return last[1]
+
     def denoise(x, k_from, k_to, a, mem):
-        v = denoiser(x, diffusion.model_levels(k_from), a, mem_x=mem[0], mem_actions=mem[1], mem_mask=mem[2])
+        v = denoiser(x, diffusion.model_levels(k_from), a, **mem)
         noise = diffusion.randn(x.shape, generator, device, x.dtype) if eta > 0 else None
         return diffusion.ddim_step(x, k_from, k_to, v, noise=noise, eta=eta)
 
     # [1] Initialization stage (Alg. 2): i0 = w frames jointly from pure noise, then noise the first w - Delta.
     carry = torch.zeros((B, 0, *frame_shape), device=device, dtype=dtype)
     if w > delta:
-        idx = check_causal(reference, M0, "init")
-        mem = _references(known_x, known_a, idx, reference.size)
+        mem = memory(check_causal(reference, M0, "init"))
         x = diffusion.randn((B, w, *frame_shape), generator, device, dtype)
         M = schedule.init_steps
         ks = [int(round(K * (M - n) / M)) for n in range(M + 1)]  # K -> 0 in M steps (Eqn. 3.1 grid)
@@ -130,8 +150,7 @@ def sample(denoiser, diffusion: Diffusion, schedule: ARSchedule, actions: torch.
              for lf, lt in schedule.substep_levels()]
     for s in range(num_ar):
         i = s * delta  # frames 0..i-1 are generated; this step denoises frames i..i+w-1
-        idx = check_causal(reference, M0 + i, s)
-        mem = _references(known_x, known_a, idx, reference.size)
+        mem = memory(check_causal(reference, M0 + i, s))
         x = torch.cat([carry, diffusion.randn((B, delta, *frame_shape), generator, device, dtype)], 1)  # (B,w,C,H,W)
         a = acts[:, i:i + w]
         for k_from, k_to in steps:

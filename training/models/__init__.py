@@ -19,8 +19,8 @@ COMPRESSIONS = ("none", "joint", "modulated")
 # Architecture per preset. channels: base width; mult: width multiplier per U-Net level (H,W halve between levels;
 # "paper" has 4 down / 4 up levels, App. J); res_blocks: basic blocks per down level; spatial_levels: levels with
 # spatial attention (temporal attention is on every level); head_dim: attention head width; patch: patch size of
-# the memory tokens (compression, cross attention); token_dim / depth: width and number of blocks of the
-# compression transformer; mem_channels: width of the concat memory feature map.
+# the memory tokens (compression, cross attention, concat's merge); token_dim / depth: width and number of blocks of
+# the compression transformer (also concat's merge transformer); mem_channels: width of the concat memory feature map.
 PRESETS: dict[str, dict] = {
     "tiny": dict(channels=16, mult=(1, 2), res_blocks=1, spatial_levels=(1,), head_dim=8, patch=4, token_dim=32,
                  depth=1, mem_channels=16),
@@ -77,7 +77,7 @@ class ModelConfig:
         if self.resolution % down:
             raise ValueError(f"ModelConfig.resolution={self.resolution}: preset {self.preset!r} halves it "
                              f"{len(arch['mult']) - 1} times, so it must be a multiple of {down}")
-        uses_patches = self.memory == "cross_attn" or self.compression != "none"
+        uses_patches = self.memory in ("cross_attn", "concat") or self.compression != "none"  # token networks
         if uses_patches and self.resolution % arch["patch"]:
             raise ValueError(f"ModelConfig.resolution={self.resolution}: memory tokens use {arch['patch']}x"
                              f"{arch['patch']} patches (preset {self.preset!r}); use a multiple of {arch['patch']}")

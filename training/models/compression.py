@@ -1,11 +1,15 @@
 """Memory compression networks (paper Sec. 5 and App. G, Fig. 12): transformer blocks over the memory frames and
-actions, keeping only the outputs of the last `budget` frames.
+actions, keeping only the outputs of the last `budget` frames ("we only retain the last several frames and tokens").
 
 Both compressors work on patch tokens of the memory frames and return a *frame-like* memory, so every memory
 structure (prepend, concat, cross_attn) consumes compressed and raw memory alike:
-  frames (B,budget,C,H,W): the kept raw frames plus a learned correction (zero-initialised head, so at
-  initialisation compression = "keep the last `budget` frames" and training learns what older frames to fold in);
-  action vectors (B,budget,D); mask (B,budget) = mem_mask of the kept positions.
+  frames (B,budget,C,H,W): `budget` raw frames evenly spaced over the clip's valid memory (oldest and newest
+  included) plus a learned correction read from the transformer outputs of the last `budget` positions (which see
+  all M frames). The correction head is zero-initialised, so an untrained compressor is "subsample the whole
+  memory evenly" (it spans as far back as the raw memory), not "keep the last `budget` frames" (which would make
+  compression plain truncation until trained); training learns what the skipped frames should add.
+  action vectors (B,budget,D): those of the kept frames (joint: plus a learned correction);
+  mask (B,budget) = mem_mask at the kept positions.
 
 - joint (App. G, Fig. 12 left): each frame is S patch tokens plus one action token; blocks of spatial attention
   (within a frame, over its S+1 tokens), causal temporal attention (over memory frames, per token slot) and a
@@ -97,23 +101,36 @@ class Compressor(nn.Module):
         t = t.reshape(b, k, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
         return t.reshape(b, k, c, h, w)
 
+    def kept_indices(self, valid):
+        """(B,budget) memory positions whose raw frames (and actions) are the base of the compressed memory: evenly
+        spaced over each clip's n valid frames, oldest and newest included (n >= budget); the last `budget`
+        positions when n < budget. Valid frames are the last n (the memory is left-padded)."""
+        (b, m), keep = valid.shape, self.budget
+        if keep == 1:
+            return torch.full((b, 1), m - 1, device=valid.device)
+        n = valid.sum(1).clamp(min=keep)[:, None]  # (B,1): the span to cover, at least `budget` slots
+        j = torch.arange(keep, device=valid.device)[None]
+        return (m - n) + j * (n - 1) // (keep - 1)  # (B,K); K = M: every position (no compression)
+
     def forward(self, mem_x, act, valid):
         b, m = mem_x.shape[:2]
         keep = self.budget
         vf = valid.to(mem_x.dtype)
         tokens = (self.embed(self._patchify(mem_x)) + self.pos) * vf[:, :, None, None]  # (B,M,P,D)
         a = self.act_in(act) * vf[:, :, None]  # (B,M,D)
+        idx = self.kept_indices(valid)  # (B,K)
+        rows = torch.arange(b, device=idx.device)[:, None]
         if self.mode == "joint":
             x = torch.cat([tokens, a[:, :, None]], 2)  # (B,M,P+1,D): frame tokens + action token
             for blk in self.blocks:
                 x = blk(x, valid)
-            x = self.norm(x[:, -keep:])
-            frames_t, act_k = x[:, :, :-1], self.act_out(x[:, :, -1]) + act[:, -keep:]
+            x = self.norm(x[:, -keep:])  # outputs of the last `budget` positions: they see all M frames
+            frames_t, act_k = x[:, :, :-1], self.act_out(x[:, :, -1]) + act[rows, idx]
         else:
             x = tokens
             for blk in self.blocks:
                 x = blk(x, valid, a)
-            frames_t, act_k = self.norm(x[:, -keep:]), act[:, -keep:]
-        frames = mem_x[:, -keep:] + self._unpatchify(self.head(frames_t), mem_x.shape[2:])
-        v = valid[:, -keep:]
+            frames_t, act_k = self.norm(x[:, -keep:]), act[rows, idx]
+        frames = mem_x[rows, idx] + self._unpatchify(self.head(frames_t), mem_x.shape[2:])
+        v = valid[rows, idx]
         return frames * v[:, :, None, None, None].to(frames.dtype), act_k * v[:, :, None].to(act_k.dtype), v

@@ -7,6 +7,7 @@ sequences (the CUDA grid limit of 65,535 rows: a temporal attention over B*H*W =
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -35,20 +36,27 @@ def attention(q, k, v, *, causal: bool = False, key_valid: torch.Tensor | None =
               max_rows: int = MAX_ROWS) -> torch.Tensor:
     """Multi-head attention; returns (N,h,L,d).
 
-    q (N,h,L,d), k/v (N,h,S,d). `key_valid` (G,S) bool marks keys that may be attended, for N = G*R sequences
-    grouped by their leading index (e.g. G = batch, R = pixels). Invalid keys get no weight; a query whose every
-    key is invalid attends to itself (its output is then discarded or masked by the caller), so no NaN appears.
+    q (N,h,L,d), k/v (N,h,S,d). `causal`: query i sees keys <= S - L + i (queries are the last L of the key
+    sequence, as when cached memory keys precede the current frames). `key_valid` (G,S) bool marks keys that may
+    be attended, for N = G*R sequences grouped by their leading index (e.g. G = batch, R = pixels). Invalid keys get
+    no weight; a query whose every key is invalid attends to itself (its output is then discarded or masked by the
+    caller), so no NaN appears.
     """
+    L, s = q.shape[2], k.shape[2]
     if key_valid is None or key_valid.is_meta or bool(key_valid.all()):  # meta: FLOP counting, no values
-        return _sdpa_chunked(q, k, v, None, causal and q.shape[2] > 1, max_rows)
-    g, s = key_valid.shape
-    n, h, L, d = q.shape
+        if causal and 1 < L != s:  # SDPA's is_causal aligns query 0 with key 0; ours aligns the ends
+            mask = torch.ones(L, s, dtype=torch.bool, device=q.device).tril(s - L)
+            return _sdpa_chunked(q, k, v, mask, False, max_rows)
+        return _sdpa_chunked(q, k, v, None, causal and L > 1, max_rows)
+    g = key_valid.shape[0]
+    n, h, _, d = q.shape
     r = n // g
     allowed_base = torch.ones(L, s, dtype=torch.bool, device=q.device)
-    if causal:  # query i (aligned to the end of the key sequence) sees keys <= i
-        allowed_base = torch.ones(L, s, dtype=torch.bool, device=q.device).tril(s - L)
     eye = torch.zeros(L, s, dtype=torch.bool, device=q.device)
-    if L == s:
+    if causal:  # query i (aligned to the end of the key sequence) sees keys <= i; "itself" is key s - L + i
+        allowed_base = allowed_base.tril(s - L)
+        eye = allowed_base & ~allowed_base.tril(s - L - 1)
+    elif L == s:
         eye = torch.eye(L, dtype=torch.bool, device=q.device)
     qg, kg, vg = (t.reshape(g, r, h, t.shape[2], d) for t in (q, k, v))
     patterns, which = torch.unique(key_valid, dim=0, return_inverse=True)  # few distinct paddings per batch
@@ -64,13 +72,17 @@ def attention(q, k, v, *, causal: bool = False, key_valid: torch.Tensor | None =
     return out.reshape(n, h, L, d)
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of x (..., S, d) at integer positions (S,) (relative time offsets in attention)."""
+def rope(x: torch.Tensor, positions: torch.Tensor, dim: int = -2) -> torch.Tensor:
+    """Rotary position embedding of x (..., d) at integer positions (S,) along axis `dim` (default: x is
+    (..., S, d)); relative time offsets in attention. Rotating in x's memory order (e.g. `dim=1` on a Linear's
+    (N,S,...,d) output rather than on a permuted (N,h,S,d) view) keeps the elementwise work streaming."""
     d = x.shape[-1]
     half = d // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
     ang = positions.to(torch.float32)[:, None] * freqs[None, :]  # (S, d/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    shape = [1] * x.ndim
+    shape[dim], shape[-1] = len(positions), half
+    cos, sin = ang.cos().to(x.dtype).view(shape), ang.sin().to(x.dtype).view(shape)
     x1, x2 = x[..., :half], x[..., half:2 * half]
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
     return torch.cat([out, x[..., 2 * half:]], -1) if d % 2 else out
@@ -145,11 +157,47 @@ class SpatialAttention(nn.Module):
         return x + self.proj(o).transpose(1, 2).reshape(n, c, hh, ww)
 
 
+@dataclasses.dataclass
+class MemoryKV:
+    """Keys and values that the current frames' attention layers read from the memory, computed once per memory
+    (`Denoiser.encode_memory`) and reused by every denoiser call that sees the same memory.
+
+    kv: attention layer -> (k, v). TemporalAttention: the K memory frames that precede the current frames on the
+    time axis (prepend), (B*H*W, heads, K, d), rotary positions 0..K-1 already applied. CrossAttention: the memory
+    tokens, (B, heads, L, d).
+    past_valid: (B,K) bool, which memory frames are attendable keys (prepend), else None (temporal attention then
+    has no past). recording: True during the memory frames' own pass, which fills `kv` for temporal attention."""
+
+    kv: dict = dataclasses.field(default_factory=dict)
+    past_valid: torch.Tensor | None = None
+    recording: bool = False
+    last: nn.Module | None = None  # while recording: the last temporal attention, whose output nothing reads
+
+    def extend(self, layer: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K cached keys/values of temporal attention `layer` followed by the current ones, k/v (N,h,S,d) ->
+        (N,h,K+S,d) each. Without autograd the first call's result is kept as a buffer whose last S slots later
+        calls overwrite, so a call copies its own S frames rather than all K + S (measured: 17% of a call at
+        K = 112, tiny preset); with autograd it concatenates afresh and the cache is never written."""
+        mk, mv = self.kv[layer]  # (N,h,K,d), or a buffer (N,h,K+S',d) from an earlier call
+        K, s = self.past_valid.shape[1], k.shape[2]
+        if torch.is_grad_enabled() or mk.shape[2] != K + s:
+            mk, mv = torch.cat([mk[:, :, :K], k], 2), torch.cat([mv[:, :, :K], v], 2)
+            if not torch.is_grad_enabled():
+                self.kv[layer] = (mk, mv)
+            return mk, mv
+        mk[:, :, K:] = k
+        mv[:, :, K:] = v
+        return mk, mv
+
+
 class TemporalAttention(nn.Module):
     """Causal self-attention over the S frames at each pixel, with rotary time positions.
 
     x (B,S,C,H,W), key_valid (B,S) bool or None -> (B,S,C,H,W). Frame t attends to frames <= t whose key_valid is
-    True, so masked memory frames and later frames never reach it."""
+    True, so masked memory frames and later frames never reach it. With `memory` (MemoryKV with past_valid), the
+    K cached memory frames come first on the time axis: x's frames sit at positions K..K+S-1 and attend to the
+    valid cached frames too, exactly as if memory and x were one sequence (causality makes the memory frames'
+    keys/values independent of x). While `memory.recording`, x *is* the memory and its keys/values are stored."""
 
     def __init__(self, channels: int, head_dim: int):
         super().__init__()
@@ -161,12 +209,21 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.proj.bias)
         self.max_rows = MAX_ROWS
 
-    def forward(self, x, key_valid=None):
+    def forward(self, x, key_valid=None, memory: MemoryKV | None = None):
         b, s, c, hh, ww = x.shape
         t = x.permute(0, 3, 4, 1, 2).reshape(b * hh * ww, s, c)  # (B*H*W, S, C)
-        q, k, v = self.qkv(self.norm(t)).view(b * hh * ww, s, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        pos = torch.arange(s, device=x.device)
-        q, k = rope(q, pos), rope(k, pos)
+        qkv = self.qkv(self.norm(t)).view(b * hh * ww, s, 3, self.heads, c // self.heads)  # (B*H*W, S, 3, h, d)
+        past = 0 if memory is None or memory.past_valid is None or memory.recording else memory.past_valid.shape[1]
+        qk = rope(qkv[:, :, :2], torch.arange(past, past + s, device=x.device), dim=1)  # q and k together
+        (q, k), v = qk.permute(2, 0, 3, 1, 4), qkv[:, :, 2].transpose(1, 2)  # (B*H*W, h, S, d) each
+        if past:  # keys/values of the cached memory frames first: (B*H*W, h, K+S, d)
+            k, v = memory.extend(self, k, v)
+            own = torch.ones(b, s, dtype=torch.bool, device=x.device) if key_valid is None else key_valid.bool()
+            key_valid = torch.cat([memory.past_valid, own], 1)
+        elif memory is not None and memory.recording:
+            memory.kv[self] = (k.contiguous(), v.contiguous())  # views would keep this layer's q (and k, v) alive
+            if memory.last is self:
+                return x
         o = attention(q, k, v, causal=True, key_valid=key_valid, max_rows=self.max_rows)  # (B*H*W, h, S, d)
         o = self.proj(o.transpose(1, 2).reshape(b * hh * ww, s, c))
         return x + o.view(b, hh, ww, s, c).permute(0, 3, 4, 1, 2)
@@ -176,7 +233,8 @@ class CrossAttention(nn.Module):
     """Every pixel of every current frame attends to memory tokens (paper Fig. 5, cross attention).
 
     x (B,S,C,H,W), tokens (B,L,Dm), token_valid (B,L) -> (B,S,C,H,W). Queries of all frames share one call (each
-    query is independent, so this is causal in time)."""
+    query is independent, so this is causal in time). With `memory`, the tokens' keys/values come from
+    `memory.kv[self]` (tokens is then unused)."""
 
     def __init__(self, channels: int, token_dim: int, head_dim: int):
         super().__init__()
@@ -188,12 +246,16 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x, tokens, token_valid):
+    def keys_values(self, tokens):
+        """Memory tokens (B,L,Dm) -> keys, values (B, h, L, d) each."""
+        b, n = tokens.shape[:2]
+        return self.kv(tokens).view(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(self, x, tokens, token_valid, memory: MemoryKV | None = None):
         b, s, c, hh, ww = x.shape
         t = self.norm(x.flatten(0, 1)).view(b, s, c, hh * ww).permute(0, 1, 3, 2).reshape(b, s * hh * ww, c)
-        d = c // self.heads
-        q = self.q(t).view(b, -1, self.heads, d).transpose(1, 2)  # (B, h, S*HW, d)
-        k, v = self.kv(tokens).view(b, tokens.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4)
+        q = self.q(t).view(b, -1, self.heads, c // self.heads).transpose(1, 2)  # (B, h, S*HW, d)
+        k, v = memory.kv[self] if memory is not None else self.keys_values(tokens)
         o = attention(q, k, v, key_valid=token_valid).transpose(1, 2).reshape(b, s, hh * ww, c)
         o = self.proj(o).permute(0, 1, 3, 2).reshape(b, s, c, hh, ww)
         return x + o

@@ -27,14 +27,14 @@ class BasicBlock(nn.Module):
         self.temporal = TemporalAttention(cout, head_dim)
         self.cross = CrossAttention(cout, token_dim, head_dim) if token_dim and spatial else None
 
-    def forward(self, x, emb, key_valid=None, tokens=None, token_valid=None):
+    def forward(self, x, emb, key_valid=None, tokens=None, token_valid=None, memory=None):
         b, s = x.shape[:2]
         h = self.res(x.flatten(0, 1), emb.flatten(0, 1))  # (B*S, Cout, H, W)
         if self.spatial is not None:
             h = self.spatial(h)
-        h = self.temporal(h.view(b, s, *h.shape[1:]), key_valid)
+        h = self.temporal(h.view(b, s, *h.shape[1:]), key_valid, memory)
         if self.cross is not None:
-            h = self.cross(h, tokens, token_valid)
+            h = self.cross(h, tokens, token_valid, memory)
         return h
 
 
@@ -44,7 +44,11 @@ class UNet3D(nn.Module):
     channels: base width; mult: width multiplier per level (len = number of levels; H,W halve between levels);
     num_res_blocks: basic blocks per down level (up levels get one more, for the extra skip); spatial_levels:
     levels with spatial attention (temporal attention is on every level); token_dim: memory token width for cross
-    attention (None = no cross attention)."""
+    attention (None = no cross attention).
+
+    memory (layers.MemoryKV, optional): cached keys/values of the memory (prepend: memory frames in front of x on
+    the time axis; cross_attn: memory tokens, then `tokens` is unused). While `memory.recording`, x is the memory
+    itself: the pass fills memory.kv and returns None (the memory frames' outputs are never used)."""
 
     def __init__(self, cin: int, cout: int, channels: int, mult: tuple[int, ...], num_res_blocks: int,
                  spatial_levels: tuple[int, ...], emb_dim: int, head_dim: int, token_dim: int | None = None):
@@ -83,24 +87,28 @@ class UNet3D(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x, emb, key_valid=None, tokens=None, token_valid=None):
+    def forward(self, x, emb, key_valid=None, tokens=None, token_valid=None, memory=None):
         b, s = x.shape[:2]
         frames = lambda t: t.view(b, s, *t.shape[1:])  # noqa: E731  (B*S,...) -> (B,S,...)
+        if memory is not None and memory.recording:
+            memory.last = self.up[-1][-1].temporal  # the memory pass needs its keys/values, not its output
         h = frames(self.conv_in(x.flatten(0, 1)))
         hs = [h]
         for lvl, blocks in enumerate(self.down):
             for blk in blocks:
-                h = blk(h, emb, key_valid, tokens, token_valid)
+                h = blk(h, emb, key_valid, tokens, token_valid, memory)
                 hs.append(h)
             if lvl < len(self.down) - 1:
                 h = frames(self.downsample[lvl](h.flatten(0, 1)))
                 hs.append(h)
         for blk in self.mid:
-            h = blk(h, emb, key_valid, tokens, token_valid)
+            h = blk(h, emb, key_valid, tokens, token_valid, memory)
         for i, blocks in enumerate(self.up):
             for blk in blocks:
-                h = blk(torch.cat([h, hs.pop()], 2), emb, key_valid, tokens, token_valid)
+                h = blk(torch.cat([h, hs.pop()], 2), emb, key_valid, tokens, token_valid, memory)
             if i < len(self.up) - 1:
                 up = F.interpolate(h.flatten(0, 1), scale_factor=2.0, mode="nearest")
                 h = frames(self.upsample[i](up))
+        if memory is not None and memory.recording:  # every temporal attention has stored its keys/values
+            return None
         return frames(self.conv_out(F.silu(self.norm_out(h.flatten(0, 1)))))
