@@ -334,7 +334,7 @@ def _headline(rows: list[dict], valid: dict, probe_valid: bool) -> dict:
 
 
 def _evaluate(cfg: EvalConfig) -> dict:
-    from pipeline.eval_cases import ROLLOUT_CASES, build_rollout_cases, load_eval_cases
+    from pipeline.eval_cases import load_eval_cases
     from training.probe import load_or_train_probe
 
     out_dir = Path(cfg.out_dir).expanduser().resolve()
@@ -350,6 +350,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
         net, model_cfg, state = load_model(cfg.checkpoint, cfg.weights)
         net.to(device)
         train_cfg = state.get("train_config") or {}
+        schedule, diffusion = _sampler(cfg, model_cfg, train_cfg)
         cases_path = resolve_cases(cfg, state)
     cases = [c for c in load_eval_cases(cases_path) if c.kind != "rollout"][:cfg.num_cases or None]
     if not cases:
@@ -375,20 +376,17 @@ def _evaluate(cfg: EvalConfig) -> dict:
         if cfg.oracle:
             gens[name] = J.oracle_frames(cases, cfg.oracle, L)
         else:
-            schedule, diffusion = _sampler(cfg, model_cfg, train_cfg)
             print(f"[evaluate] {len(cases)} retrieval cases at memory {L}, {schedule.describe()}, {device}", flush=True)
             gens[name], sec, calls = generate(net, model_cfg, cases, schedule, diffusion, cfg, device, L)
             cost = {"seconds": sec, "calls": calls, "frames": sum(len(c.actions) for c in cases)}
         rows[name] = J.judge_cases(cases, gens[name], probe, heads)
         if net is not None:
-            errors[name] = denoising_errors(net, model_cfg, cases, _sampler(cfg, model_cfg, train_cfg)[1], cfg,
-                                            device, L)
+            errors[name] = denoising_errors(net, model_cfg, cases, diffusion, cfg, device, L)
         if cfg.oracle != "copy" and cfg.oracle:
             break                                       # other oracles do not depend on L
     calib = calibration_rows(cases_path, cases, lengths, probe, report, len(cases)) if cfg.calibration else {}
     psnr, sec_b, calls_b, gen_rolls = {s: math.nan for s in M.SEGMENTS}, 0.0, 0, []
     if rollouts:
-        schedule, diffusion = _sampler(cfg, model_cfg, train_cfg)
         gen_rolls, sec_b, calls_b = generate(net, model_cfg, rollouts, schedule, diffusion, cfg, device, lengths[-1])
         psnr = score_rollouts(rollouts, gen_rolls)
     # [4] summaries, paired comparisons, headline metrics
@@ -400,8 +398,10 @@ def _evaluate(cfg: EvalConfig) -> dict:
              for name, L in zip(list(rows)[:-1], lengths)]
     probe_valid = bool(report and report.valid)
     judged_ok = valid or {k: {b: True for b in BINS} for k in ("revisit", "exact")}
-    calibration = {name: {b: _headline(r, judged_ok, probe_valid)[f"retrieval/{b}"] for b in BINS}
-                   for name, r in calib.items()}
+    calibration = {}
+    for name, r in calib.items():
+        headline = _headline(r, judged_ok, probe_valid)
+        calibration[name] = {b: headline[f"retrieval/{b}"] for b in BINS}
     metrics = {**_headline(rows[main_name], judged_ok, probe_valid),
                **{f"ssim/{b}": summaries[main_name]["ssim"][b]["mean"] for b in BINS},
                **{f"psnr/{s}": v for s, v in psnr.items()}, "psnr_max_decay": M.max_psnr_decay(psnr),
@@ -421,7 +421,7 @@ def _evaluate(cfg: EvalConfig) -> dict:
                "probe": asdict(report) if report else {}, "rows": {n: summaries[n] for n in summaries},
                "model_rows": list(rows), "judge_valid": valid, "paired": pairs, "cases": rows[main_name],
                "calibration": calibration, "denoising_error": loss_by_coverage(errors, cases, lengths),
-               "schedule": _sampler(cfg, model_cfg, train_cfg)[0].describe() if net is not None else cfg.oracle}
+               "schedule": schedule.describe() if net is not None else cfg.oracle}
     from pipeline.shards import write_json_atomic
 
     write_json_atomic(_json_safe(results), out_dir / "results.json")
