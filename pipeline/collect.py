@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
 from pipeline.schema import episodes_to_table
-from pipeline.shards import Manifest, check_config, write_shard
+from pipeline.shards import Manifest, check_config, error_line, write_shard
 
 ENV_CHOICES = ("maze", "dmlab", "minecraft")
 # Custom Ray resource a node must advertise to run episodes of an env (cluster.yaml's collector node types
@@ -293,19 +293,14 @@ def _append_failures(out: Path, records: list[dict]) -> None:
 
 def _connect(cfg: CollectConfig) -> bool:
     """Join --address, or start a local Ray (unless one is up already); True when we started it."""
-    import ray
+    from pipeline.console import start_ray
 
-    if ray.is_initialized():
-        return False
-    opts = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if cfg.address:
-        ray.init(address=cfg.address, **opts)
-        return True
+        return start_ray(cfg.address, log_to_driver=False)
     # More logical CPUs than worker actors, so the driver and Ray's own tasks are never starved (stack-facts 2b).
     resource = ENV_RESOURCES[cfg.env]
-    ray.init(num_cpus=max(cfg.workers + 1, os.cpu_count() or 1),
-             resources={resource: cfg.workers} if resource else None, **opts)
-    return True
+    return start_ray(num_cpus=max(cfg.workers + 1, os.cpu_count() or 1),
+                     resources={resource: cfg.workers} if resource else None, log_to_driver=False)
 
 
 def _check_resources(cfg: CollectConfig) -> None:
@@ -322,9 +317,8 @@ def _check_resources(cfg: CollectConfig) -> None:
 def _crash_record(index: int, error: BaseException, attempt: int, outcome: str) -> dict:
     """failures.jsonl record of a shard whose worker call failed outside the episodes (the process died: killed,
     OOM, segfault, watchdog; or the shard write raised); `attempt` counts the shard's tries."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return {"shard": shard_name(index), "episode_index": None, "attempt": attempt,
-            "error": f"{type(error).__name__}: {first} ({outcome})"}
+            "error": f"{error_line(error)} ({outcome})", "message": str(error)}  # a Ray error's cause is its last line
 
 
 def _start_worker(cfg: CollectConfig, slot: int):
@@ -415,9 +409,9 @@ def _render_on_workers(cfg: CollectConfig, workers: list, todo: list[int], fault
             raise RuntimeError(f"--env {cfg.env}: the engine cannot run on a worker node: {res['fatal']}")
         _record(res, out, manifest, summary)
         if res["entry"] is not None:
-            bar.update(len(shard_episodes(cfg, index)))
-            bar.set_postfix_str(f"{summary['frames'] / (time.perf_counter() - t0):,.0f} frames/s, "
-                                f"{summary['env_launches'] / max(summary['episodes_rendered'], 1):.3f} launches/ep")
+            bar.update(len(shard_episodes(cfg, index)),
+                       postfix=f"{summary['frames'] / (time.perf_counter() - t0):,.0f} frames/s, "
+                               f"{summary['env_launches'] / max(summary['episodes_rendered'], 1):.3f} launches/ep")
 
 
 def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None = None) -> dict:
@@ -441,15 +435,14 @@ def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None =
         return summary
 
     import ray
-    from tqdm import tqdm
+    from pipeline.console import progress as progress_bar
 
     wcfg = dataclasses.replace(cfg, out=str(out))  # workers may run in another cwd
     started = _connect(cfg)
     t0 = time.perf_counter()
     workers, finished = [], False
     done_eps = sum(len(shard_episodes(cfg, i)) for i in set(range(cfg.num_shards)) - set(todo))
-    bar = tqdm(total=cfg.episodes, initial=done_eps, unit="ep", disable=not progress, file=sys.stderr,
-               mininterval=1.0, desc=f"collect {cfg.env}")
+    bar = progress_bar(cfg.episodes, f"collect {cfg.env}", unit="ep", initial=done_eps, enabled=progress)
     try:
         _check_resources(cfg)
         workers = [_start_worker(wcfg, slot) for slot in range(min(cfg.workers, len(todo)))]
@@ -491,4 +484,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -14,14 +14,23 @@ rows with mode="overwrite": ray #55043).
 Each input shard is read once. The driver first checks every footer (schema contract, and rows and bytes against
 the input manifest); Ray infers the schema from the first file only (ray #47960), so shards of different layouts
 (schema versions 1 and 2) go through one Ray dataset each. The local backend then reads each shard's bytes once,
-checks them against the manifest's SHA-256 and decodes them (`shards.load_shard`); the Ray backend's read tasks
-decode each shard once (its checksum is left to `pipeline.inspect`). A bad shard is quarantined, named, and
-counted in the report (printed and saved as `<out>/encode_report.json`).
+checks them against the manifest's SHA-256 and the footer's row checksums and decodes them (`shards.load_shard`);
+on the Ray backend each actor hashes the rows it encodes and the driver compares them with the footer's row
+checksums (a shard written before row checksums is hashed whole by the driver against the manifest instead). A
+shard with neither checksum stops the run before any work, naming the fix. A bad shard is dropped from the input
+manifest, moved to <in>/quarantine/, named, and counted in the report (printed and saved as
+`<out>/encode_report.json`). Latents that are not finite stop the run naming the shard and the episode; nothing
+is written for that shard. Temp files of a killed run are removed at the start of the next.
+
+Exit status: 0 when every input shard is encoded (now or before); 1 when some were quarantined instead (rerun
+pipeline.collect to render them again, then this command); 2 when the run stopped on an error (bad flags or
+config, unverifiable input, encoder failure, a read-only or full disk), with one line naming the path and cause.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +39,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
+from pipeline.console import progress, start_ray
 from pipeline.encoders import ENCODER_NAMES, make_encoder
 from pipeline.schema import SchemaError, TENSOR_COLUMNS, check_table, episodes_to_table, to_numpy
-from pipeline.shards import Manifest, check_config, load_shard, quarantine, write_json_atomic, write_shard
+from pipeline.shards import (NO_CHECKSUM_HINT, Manifest, check_config, describe_os_error, error_line, footer_checksums,
+                             load_shard, quarantine, remove_partials, row_checksums, sha256, write_json_atomic,
+                             write_shard)
 
 REPORT = "encode_report.json"
 FAULT_MARKER = ".fault_injected"
@@ -96,13 +108,15 @@ class EncodeActor:
     """map_batches callable class: builds the encoder once per actor, then encodes batches."""
 
     def __init__(self, encoder: str, vae_path: str, use_gpu: bool, fail_after_episodes: int = 0,
-                 fail_mode: str = "raise", fail_marker: str = ""):
+                 fail_mode: str = "raise", fail_marker: str = "", hash_rows: bool = False):
         self.encoder = make_encoder(encoder, vae_path or None, "cuda" if use_gpu else "cpu")
         self.fail_after, self.fail_mode, self.fail_marker = fail_after_episodes, fail_mode, fail_marker
+        self.hash_rows = hash_rows
         self.seen = 0
 
     def __call__(self, table: pa.Table) -> dict:
-        """Episode rows as Arrow (map_batches batch_format="pyarrow": both frame layouts arrive as stored)."""
+        """Episode rows as Arrow (map_batches batch_format="pyarrow": both frame layouts arrive as stored). With
+        hash_rows, the output also carries `row_sha256`: each input row's `shards.row_checksums`."""
         batch = numpy_batch(table)
         self.seen += len(batch["episode_id"])
         if self.fail_after and self.seen > self.fail_after:
@@ -112,7 +126,10 @@ class EncodeActor:
             if not marker.exists():                      # kill once: the restarted actor goes on
                 marker.write_text(f"killed after {self.seen} episodes\n")
                 os._exit(1)
-        return encode_batch(batch, self.encoder)
+        out = encode_batch(batch, self.encoder)
+        if self.hash_rows:
+            out["row_sha256"] = np.array(row_checksums(table), dtype=object)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -124,10 +141,12 @@ class InputShard:
     rows: int                   # from the footer
     layout: str                 # the frames column's Arrow type: shards of one layout share a Ray dataset
     sha256: str | None          # from the input manifest (None for a shard it does not list)
+    checksums: list[str] | None  # the footer's row checksums (None for a shard written before them)
 
 
 def _footer_problem(path: Path, entry: dict | None) -> tuple[str | None, pq.FileMetaData | None]:
-    """(reason or None, footer) from the footer alone: readable, schema contract, rows and bytes vs the manifest."""
+    """(reason or None, footer) from the footer alone: readable, schema contract, rows and bytes vs the manifest,
+    one row checksum per row."""
     try:
         meta = pq.read_metadata(path)
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated files
@@ -138,37 +157,56 @@ def _footer_problem(path: Path, entry: dict | None) -> tuple[str | None, pq.File
     if entry is not None and (meta.num_rows, path.stat().st_size) != (entry["rows"], entry["bytes"]):
         return (f"{path}: {meta.num_rows} rows and {path.stat().st_size} bytes, the manifest lists {entry['rows']} "
                 f"rows and {entry['bytes']} bytes"), meta
+    sums = footer_checksums(meta.metadata)
+    if sums is not None and len(sums) != meta.num_rows:
+        return f"{path}: its footer lists {len(sums)} row checksums for {meta.num_rows} rows", meta
     return None, meta
 
 
 def plan(cfg: EncodeConfig, out: Manifest) -> tuple[list[InputShard], list[Path], list[dict]]:
     """(todo, already done, quarantined) input shards, from their footers; bad inputs are moved to
-    <in>/quarantine/ here (and, with the local backend, those whose pages or checksum fail when read)."""
+    <in>/quarantine/ here (and those whose pages or checksums fail when read, later). Raises SchemaError, before
+    any work, naming the shards that have no checksum at all (neither row checksums nor a manifest entry)."""
     in_dir = Path(cfg.in_dir)
     files = sorted(in_dir.glob("shard-*.parquet"))
     if not files:
         raise FileNotFoundError(f"--in {in_dir}: no shard-*.parquet files; collect first "
                                 f"(python -m pipeline.collect --out {in_dir})")
     in_manifest = Manifest(in_dir).shards
-    todo, done, bad = [], [], []
+    todo, done, bad, unverifiable = [], [], [], []
     for path in files:
         if out.is_done(path.name):
             done.append(path)
             continue
-        reason, meta = _footer_problem(path, in_manifest.get(path.name))
+        entry = in_manifest.get(path.name)
+        reason, meta = _footer_problem(path, entry)
+        sums = footer_checksums(meta.metadata) if meta is not None else None
+        if reason is None and sums is None and entry is None:
+            unverifiable.append(path)
+            continue
+        if reason is None and sums is None and cfg.backend == "ray" and sha256(path) != entry["sha256"]:
+            reason = f"{path}: checksum differs from the manifest"   # no row checksums: the file is hashed whole
         if reason is None:
             layout = str(meta.schema.to_arrow_schema().field("frames").type)
-            todo.append(InputShard(path, meta.num_rows, layout, in_manifest.get(path.name, {}).get("sha256")))
+            todo.append(InputShard(path, meta.num_rows, layout, (entry or {}).get("sha256"), sums))
         else:
-            rows = in_manifest.get(path.name, {}).get("rows", meta.num_rows if meta else None)
-            bad.append(_quarantine(path, reason, rows))
+            bad.append(_quarantine(path, reason, (entry or {}).get("rows", meta.num_rows if meta else None)))
+    if unverifiable:
+        raise SchemaError(f"--in {in_dir}: {', '.join(p.name for p in unverifiable)}: no checksum to verify "
+                          f"against (written before shards carried row checksums, and no manifest.json lists it); "
+                          f"{NO_CHECKSUM_HINT}")
     return todo, done, bad
 
 
 def _quarantine(path: Path, reason: str, rows: int | None) -> dict:
-    dest = quarantine(path, reason)
-    print(f"[encode] QUARANTINED {path} -> {dest}: {reason}", flush=True)
-    return {"shard": path.name, "moved_to": str(dest), "reason": reason, "rows": rows}
+    """Move a bad input aside (or, on a read-only --in, leave it and say so); its report entry."""
+    try:
+        dest = str(quarantine(path, reason))
+        print(f"[encode] QUARANTINED {path} -> {dest}: {reason}", flush=True)
+    except OSError as e:
+        dest = None
+        print(f"[encode] BAD INPUT {path} (not moved: {describe_os_error(e)}): {reason}", flush=True)
+    return {"shard": path.name, "moved_to": dest, "reason": reason, "rows": rows}
 
 
 class ShardWriter:
@@ -178,21 +216,38 @@ class ShardWriter:
     def __init__(self, todo: list[InputShard], out: Manifest):
         self.out = out
         self.expected = {s.path.name: s.rows for s in todo}
+        self.checksums = {s.path.name: s.checksums for s in todo}
         self.pending: dict[str, dict[str, dict]] = {name: {} for name in self.expected}
+        self.bad: dict[str, str] = {}                  # input shards whose rows differ from their footer: reason
         self.rows_written = self.frames_written = self.shards_written = 0
         self.start = time.perf_counter()
         self.first_batch: float | None = None          # rates count from here: Ray start and model load excluded
+        self.bar = progress(sum(self.expected.values()), "encode", unit="ep")
 
     def rate(self) -> float:
         return self.frames_written / max(time.perf_counter() - (self.first_batch or self.start), 1e-9)
 
     def add(self, name: str, batch: dict) -> None:
+        """Take encoded rows of input shard `name`; rows hashed by the actor (`row_sha256`) are compared with the
+        footer's row checksums first, and a mismatch marks the shard bad (its rows are dropped)."""
         self.first_batch = self.first_batch or time.perf_counter()
+        if name in self.bad:
+            return
         rows = self.pending[name]
+        expected = self.checksums.get(name)
+        if "row_sha256" in batch and expected is not None:
+            for i, (eid, got) in enumerate(zip(batch["episode_id"], batch["row_sha256"])):
+                if got != expected[len(rows) + i]:
+                    self.bad[name] = (f"{Path(batch['path'][i])}: content checksum of episode {eid} (row "
+                                      f"{len(rows) + i}) differs from the one written in its footer: the file is "
+                                      f"damaged")
+                    self.drop(name)
+                    return
         for i, eid in enumerate(batch["episode_id"]):
             if eid in rows:
                 raise RuntimeError(f"{name}: episode {eid} came back twice from the encoder")
-            rows[str(eid)] = {k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items() if k != "path"}
+            rows[str(eid)] = {k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()
+                              if k not in ("path", "row_sha256")}
         if len(rows) == self.expected[name]:
             self._write(name)
 
@@ -203,13 +258,17 @@ class ShardWriter:
     def _write(self, name: str) -> None:
         rows = list(self.pending.pop(name).values())
         table = episodes_to_table(rows, "latents")
-        self.out.add(name, write_shard(table, self.out.folder / name, kind="latents"))
+        try:
+            entry = write_shard(table, self.out.folder / name, kind="latents")
+        except SchemaError as e:                       # non-finite latents: the encoder's fault, not the input's
+            raise SchemaError(f"{e}; the encoder made them from input shard {name}, and nothing was written for "
+                              f"it: check the encoder (--encoder, --vae-path weights, precision), then rerun") from e
+        self.out.add(name, entry)
         t = len(rows[0]["actions"])
         self.rows_written += len(rows)
         self.shards_written += 1
         self.frames_written += len(rows) * t
-        print(f"[encode] {name}: {len(rows)} episodes, {len(rows) * t} frames; total {self.frames_written} frames, "
-              f"{self.rate():.0f} frames/s", flush=True)
+        self.bar.update(len(rows), postfix=f"{self.frames_written} frames, {self.rate():.0f} frames/s")
 
     def missing(self) -> dict[str, int]:
         return {name: self.expected[name] - len(rows) for name, rows in self.pending.items()}
@@ -232,11 +291,9 @@ def _run_local(cfg: EncodeConfig, todo: list[InputShard], writer: ShardWriter, b
 
 
 def _run_ray(cfg: EncodeConfig, todo: list[InputShard], writer: ShardWriter, bad: list[dict]) -> None:
-    import ray
     from ray.data import DataContext
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address or None, include_dashboard=False, configure_logging=False)
+    start_ray(cfg.address)
     # Ordered output: shards finish one after another (bounded driver memory). The Dataset keeps a copy of the
     # DataContext it was built under, so the caller's context is restored right after.
     for layout in dict.fromkeys(s.layout for s in todo):  # one dataset per frame layout (module docstring)
@@ -251,6 +308,9 @@ def _run_ray(cfg: EncodeConfig, todo: list[InputShard], writer: ShardWriter, bad
             for name in dict.fromkeys(paths):            # one batch may span two input files
                 sel = paths == name
                 writer.add(name, {k: v[sel] for k, v in batch.items()})
+    by_name = {s.path.name: s for s in todo}
+    for name, reason in writer.bad.items():            # moved only now: read tasks may still have had it open
+        bad.append(_quarantine(by_name[name].path, reason, by_name[name].rows))
 
 
 def _encode_dataset(cfg: EncodeConfig, todo: list[Path]):
@@ -263,7 +323,8 @@ def _encode_dataset(cfg: EncodeConfig, todo: list[Path]):
                                                 use_gpu=cfg.gpus_per_worker > 0,
                                                 fail_after_episodes=cfg.fail_after_episodes,
                                                 fail_mode=cfg.fail_mode,
-                                                fail_marker=str(Path(cfg.out_dir).resolve() / FAULT_MARKER)),
+                                                fail_marker=str(Path(cfg.out_dir).resolve() / FAULT_MARKER),
+                                                hash_rows=True),
         batch_size=cfg.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.workers),
         num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker or None)
 
@@ -272,6 +333,8 @@ def run_encode(cfg: EncodeConfig) -> dict:
     """Encode every input shard not yet in the out manifest; returns (and saves) the report."""
     out_dir = Path(cfg.out_dir)
     check_config(out_dir, cfg.data_config(), flag_hint="--out")
+    for stale in remove_partials(out_dir):              # temp files of a run killed mid-write
+        print(f"[encode] removed the partial file {stale} of an interrupted run", flush=True)
     if cfg.encoder == "vae":
         from pipeline.encoders import check_vae_folder
         check_vae_folder(cfg.vae_path)                   # fail on the driver, before any actor starts
@@ -290,9 +353,11 @@ def run_encode(cfg: EncodeConfig) -> dict:
             raise RuntimeError(f"rows missing after encoding (per input shard): {missing}; rerun to retry them")
         report["status"] = "ok"
     except BaseException as e:
-        report["status"] = f"failed: {type(e).__name__}: {e}"[:2000]
+        report["status"] = f"failed: {error_line(e)}"
+        report["error"] = str(e)
         raise
     finally:
+        writer.bar.close()
         seconds = time.perf_counter() - writer.start
         report.update(rows_quarantined=sum(b["rows"] or 0 for b in bad),
                       rows_encoded=writer.rows_written, frames_encoded=writer.frames_written,
@@ -300,20 +365,34 @@ def run_encode(cfg: EncodeConfig) -> dict:
                       frames_per_sec=round(writer.rate(), 1),      # from the first encoded batch on
                       frames_per_sec_wall=round(writer.frames_written / max(seconds, 1e-9), 1),
                       rows_in_out_manifest=out.num_rows)
-        write_json_atomic(report, out_dir / REPORT)
+        try:
+            write_json_atomic(report, out_dir / REPORT)
+        except OSError as e:
+            if report["status"] == "ok":
+                raise
+            print(f"[encode] could not save the report: {describe_os_error(e)}", flush=True)  # the run's error wins
         print("[encode] report: " + json.dumps({k: v for k, v in report.items() if k != "quarantined"}), flush=True)
         for b in bad:
             print(f"[encode] quarantined {b['shard']} ({b['rows']} rows): {b['reason']}", flush=True)
     return report
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 or 1 as the module docstring says; an error raises, and `run_cli` prints it as one line
+    naming the path or shard (a disk or permission error, a SchemaError) with status 2."""
     cfg, dry_run = parse_config(EncodeConfig, argv, description=__doc__)
     print(to_json(cfg), flush=True)
     if dry_run:
-        return None
-    return run_encode(cfg)
+        return 0
+    report = run_encode(cfg)
+    if report["quarantined"]:
+        names = ", ".join(b["shard"] for b in report["quarantined"])
+        print(f"pipeline.encode: {len(report['quarantined'])} input shard(s) quarantined, not encoded "
+              f"({names}; reasons in {Path(cfg.out_dir) / REPORT}); rerun the command that wrote --in to write them "
+              f"again, then rerun this command", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -39,8 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
 from pipeline.schema import to_numpy
+from pipeline.shards import load_shard
 from pipeline.windows import ShardInfo, index_shards
 
 FORMAT_VERSION = 2
@@ -226,7 +227,7 @@ def _extract(arrays: dict, pick: dict, max_memory: int) -> dict:
 
 
 def _load(info: ShardInfo) -> dict:
-    table = pq.read_table(info.path)
+    table = load_shard(Path(info.path), info.column, info.sha256)   # checksums, latents finite: or SchemaError
     arrays = {"data": to_numpy(table, info.column), "episode_id": table.column("episode_id").to_pylist()}
     for c in ("actions", "scene", "poses", "revisit_gap"):
         arrays[c] = to_numpy(table, c)
@@ -361,4 +362,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -40,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
+from pipeline.console import emit, progress
 from pipeline.schema import episodes_to_table
-from pipeline.shards import Manifest, check_config, write_json_atomic, write_shard
+from pipeline.shards import Manifest, check_config, remove_partials, write_json_atomic, write_shard
 
 FORMATS = ("teco-dmlab", "teco-minecraft", "worldmem")
 DEFAULT_LENGTH = {"teco-dmlab": 300, "teco-minecraft": 300, "worldmem": 1500}
@@ -249,6 +250,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
     """Convert every shard not done yet; returns {written, skipped_shards, unreadable, episodes, seconds}."""
     out = Path(cfg.out).resolve()
     check_config(out, cfg.data_config())
+    remove_partials(out)  # temp files of shards whose writer was killed mid-write; never a finished shard
     sources_path = out / SOURCES
     if sources_path.exists():  # the first run fixed the episode list: shard contents never shift
         keys = json.loads(sources_path.read_text())["episodes"]
@@ -266,19 +268,22 @@ def run_ingest(cfg: IngestConfig) -> dict:
     wcfg = dataclasses.replace(cfg, out=str(out))
     jobs = [(wcfg, i, keys[i * K:(i + 1) * K]) for i in todo]
     pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
+    bar = progress(len(keys), f"ingest {cfg.format}", unit="ep", initial=len(keys) - sum(len(j[2]) for j in jobs))
     try:
         results = pool.map(ingest_shard, *zip(*jobs)) if pool and jobs else (ingest_shard(*j) for j in jobs)
-        for res in results:
+        for job, res in zip(jobs, results):
             if res["skipped"]:
                 report["unreadable"].update(res["skipped"])
                 write_json_atomic(report, report_path)
                 summary["unreadable"] += len(res["skipped"])
                 for key, why in res["skipped"].items():
-                    print(f"pipeline.ingest: skipped {key}: {why}", file=sys.stderr)
+                    emit(f"pipeline.ingest: skipped {key}: {why}", sys.stderr)
             if res["entry"] is not None:
                 manifest.add(res["name"], res["entry"])
                 summary["written"] += 1
+            bar.update(len(job[2]), postfix=f"{summary['unreadable']} unreadable" if summary["unreadable"] else None)
     finally:
+        bar.close()
         if pool:
             pool.shutdown()
     summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -307,4 +312,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

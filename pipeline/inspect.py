@@ -4,13 +4,17 @@
     python -m pipeline.inspect data/maze --no-preview     # summary + validation only
     python -m pipeline.inspect data/maze-latents          # latent shards (kind read from the schema)
 
-Every shard file (listed in manifest.json or not) is validated against the schema (pipeline.schema), every data
-page decoded and, when the manifest lists it, its SHA-256 compared. A bad shard is moved to <dir>/quarantine/
-with a <name>.reason.txt and dropped from the manifest, so no later step counts it as done (rerunning
-pipeline.collect renders it again). Outputs: <dir>/inspect/report.json, contact_sheet.png (rows = episodes,
-columns = frames spread over the episode) and episodes.gif (a few episodes side by side).
-Exit status: 0 when every shard is valid, 1 when something was quarantined or a listed shard is missing
-(the report is still written), 2 on bad input.
+Every shard file (shard-*.parquet, listed in manifest.json or not) goes through `shards.load_shard`: schema
+(pipeline.schema), every data page decoded, the manifest's SHA-256 when it lists the file, the row checksums in
+the shard's own footer, latents finite. A bad shard is dropped from the manifest and moved to <dir>/quarantine/
+with a <name>.reason.txt, so no later step counts it as done (rerunning pipeline.collect renders it again). Other
+files (eval_cases.parquet, ...) are listed as ignored and left alone. Outputs: <dir>/inspect/report.json,
+contact_sheet.png (rows = episodes, columns = frames spread over the episode) and episodes.gif (a few episodes
+side by side). Every shard is validated before anything is moved or written, and a move or write that
+fails (a read-only or full disk) is reported after the summary instead of stopping it.
+Exit status: 0 when every shard is valid and listed; 1 when something was quarantined, a listed shard is
+missing or the folder has no manifest.json (the report is still written); 2 on bad input or when the folder
+cannot be written (one line naming the path and the cause, after the summary).
 """
 from __future__ import annotations
 
@@ -24,14 +28,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.cli import field, parse_config
-from pipeline.schema import KINDS, SchemaError, to_numpy
-from pipeline.shards import Manifest, quarantine, validate_shard, write_json_atomic
+from pipeline.cli import field, parse_config, run_cli
+from pipeline.schema import KINDS, SchemaError, check_table, to_numpy
+from pipeline.shards import (MANIFEST, NO_CHECKSUM_HINT, Manifest, describe_os_error, footer_checksums, quarantine,
+                             validate_shard, write_json_atomic)
 
 # Revisit gap bins (frames between leaving a place and seeing it again), as in the paper's retrieval tables:
 # lo <= gap < hi, the last bin closed (48 <= gap <= 112).
 GAP_BINS = (("0-16", 0, 16), ("16-48", 16, 48), ("48-112", 48, 113))
-SHARD_GLOB = "*.parquet"
+SHARD_GLOB = "shard-*.parquet"      # what collect, ingest and encode write; other Parquet files are not shards
 
 
 @dataclass
@@ -60,13 +65,20 @@ def shard_kind(path: Path) -> str:
     return "latents" if "latents" in schema.names else "frames"
 
 
-def _check_one(path: Path, entry: dict | None) -> tuple[str, str | None]:
-    """(kind, reason or None) for one shard file."""
+def _check_one(path: Path, entry: dict | None) -> tuple[str, str, str | None]:
+    """(kind, status, reason) for one shard file; status "valid", "bad" (reason says why) or "unverified" (a
+    sound footer but nothing to check the content against: no row checksums, not in the manifest)."""
     try:
         kind = shard_kind(path)
+        schema = pq.read_schema(path)
     except Exception as e:
-        return "unknown", f"{path}: not a readable Parquet file ({type(e).__name__}: {e})"
-    return kind, validate_shard(path, kind, expected_sha256=entry["sha256"] if entry else None)
+        return "unknown", "bad", f"{path}: not a readable Parquet file ({type(e).__name__}: {e})"
+    if entry is None and not check_table(schema, kind) and footer_checksums(schema.metadata) is None:
+        return kind, "unverified", None
+    reason = validate_shard(path, kind, expected_sha256=entry["sha256"] if entry else None)
+    if reason is None and entry is not None and path.stat().st_size != entry["bytes"]:
+        reason = f"{path}: {path.stat().st_size} bytes on disk, manifest lists {entry['bytes']}"
+    return kind, "bad" if reason else "valid", reason
 
 
 def _summarise(path: Path, kind: str, totals: dict) -> None:
@@ -142,44 +154,58 @@ def write_previews(paths: list[Path], kinds: dict[Path, str], out: Path, num_epi
 
 
 def inspect_dir(path: str | Path, preview: bool = True, preview_episodes: int = 4, preview_frames: int = 64) -> dict:
-    """Validate every shard in `path`, quarantine bad ones, summarise the rest; returns the report dict.
+    """Validate every shard in `path`, summarise the valid ones, then quarantine bad ones and write the report
+    and previews; returns the report dict.
 
-    Keys: shards_valid, quarantined [{path, reason}], missing (listed but absent), unlisted (valid files not in
-    the manifest, i.e. not done), episodes, frames, bytes, kinds, envs, agents, actions {id: count},
-    revisit_frames {bin: count}, previews {name: path}."""
+    Keys: manifest (whether manifest.json exists), shards_valid, quarantined [{path, moved_to, reason}], missing
+    (listed but absent), unlisted (valid files not in the manifest, i.e. not done), unverified (unlisted files
+    without row checksums), ignored (Parquet files that are not shards), episodes, frames, bytes, kinds, envs,
+    agents, actions {id: count}, revisit_frames {bin: count}, previews {name: path}, errors (one line per
+    file that could not be moved or written: a read-only or full disk)."""
     folder = Path(path)
     manifest = Manifest(folder)
     files = sorted(p for p in folder.glob(SHARD_GLOB) if p.is_file())
     totals = {"episodes": 0, "frames": 0, "bytes": 0, "kinds": Counter(), "envs": Counter(), "agents": Counter(),
               "actions": Counter(), "action_shapes": set(), "revisit_frames": Counter({b[0]: 0 for b in GAP_BINS})}
-    report = {"path": str(folder), "shards_valid": 0, "quarantined": [], "unlisted": [],
-              "missing": sorted(n for n in manifest.shards if not (folder / n).exists())}
-    valid, kinds = [], {}
-    for p in files:
+    report = {"path": str(folder), "manifest": (folder / MANIFEST).exists(), "shards_valid": 0, "quarantined": [],
+              "unlisted": [], "unverified": [],
+              "missing": sorted(n for n in manifest.shards if not (folder / n).exists()),
+              "ignored": sorted(p.name for p in folder.glob("*.parquet") if p.is_file() and not p.match(SHARD_GLOB)),
+              "errors": []}
+    valid, kinds, bad = [], {}, []
+    for p in files:                                      # 1. validate (reads only)
         entry = manifest.shards.get(p.name)
-        kind, reason = _check_one(p, entry)
-        if reason is None and entry is not None and p.stat().st_size != entry["bytes"]:
-            reason = f"{p}: {p.stat().st_size} bytes on disk, manifest lists {entry['bytes']}"
-        if reason is not None:
-            dest = quarantine(p, reason)
-            manifest.remove(p.name)
-            report["quarantined"].append({"path": str(p), "moved_to": str(dest), "reason": reason})
-            continue
-        if entry is None:
+        kind, status, reason = _check_one(p, entry)
+        if status == "bad":
+            bad.append((p, reason))
+        elif status == "unverified":
+            report["unverified"].append(p.name)
+        elif entry is None:
             report["unlisted"].append(p.name)  # a valid file the manifest does not list: not done, not counted
-            continue
-        kinds[p] = kind
-        valid.append(p)
-        _summarise(p, kind, totals)
+        else:
+            kinds[p] = kind
+            valid.append(p)
+            _summarise(p, kind, totals)
     report["shards_valid"] = len(valid)
     for key in ("kinds", "envs", "agents", "revisit_frames"):
         report[key] = dict(sorted(totals[key].items()))
     report["actions"] = {str(k): v for k, v in sorted(totals["actions"].items())}
     report["action_shapes"] = sorted(totals["action_shapes"])
-    report.update(episodes=totals["episodes"], frames=totals["frames"], bytes=totals["bytes"])
-    report["previews"] = write_previews(valid, kinds, folder / "inspect", preview_episodes, preview_frames) if preview else {}
-    (folder / "inspect").mkdir(exist_ok=True)
-    write_json_atomic(report, folder / "inspect" / "report.json")
+    report.update(episodes=totals["episodes"], frames=totals["frames"], bytes=totals["bytes"], previews={})
+    for p, reason in bad:                                # 2. move bad shards aside
+        try:
+            dest = str(quarantine(p, reason, manifest))
+        except OSError as e:
+            dest = None
+            report["errors"].append(f"cannot quarantine {p}: {describe_os_error(e)}")
+        report["quarantined"].append({"path": str(p), "moved_to": dest, "reason": reason})
+    try:                                                 # 3. previews and report
+        if preview:
+            report["previews"] = write_previews(valid, kinds, folder / "inspect", preview_episodes, preview_frames)
+        (folder / "inspect").mkdir(exist_ok=True)
+        write_json_atomic(report, folder / "inspect" / "report.json")
+    except OSError as e:
+        report["errors"].append(f"cannot write the report: {describe_os_error(e)}")
     return report
 
 
@@ -190,11 +216,20 @@ def format_report(r: dict) -> str:
              f"  actions {r['actions'] or r['action_shapes']}",
              f"  revisit frames by gap bin {r['revisit_frames']}"]
     for q in r["quarantined"]:
-        lines.append(f"  QUARANTINED {q['path']} -> {q['moved_to']}: {q['reason']}")
+        dest = q["moved_to"] or "(not moved: see the error below)"
+        lines.append(f"  QUARANTINED {q['path']} -> {dest}: {q['reason']}")
     for name in r["missing"]:
         lines.append(f"  MISSING {name}: listed in manifest.json but not on disk (rerun the collect command)")
-    if r["unlisted"]:
+    if not r["manifest"]:
+        lines.append(f"  NOT DONE: no {MANIFEST} in {r['path']}, so no shard here counts as done "
+                     f"({len(r['unlisted'])} verified by their own row checksums); rerun the command that wrote "
+                     f"the folder to finish it and write its manifest")
+    if r["unlisted"] and r["manifest"]:
         lines.append(f"  not done (valid but not in manifest.json): {', '.join(r['unlisted'])}")
+    for name in r["unverified"]:
+        lines.append(f"  UNVERIFIED {name}: no row checksums in its footer and not in {MANIFEST}; {NO_CHECKSUM_HINT}")
+    if r["ignored"]:
+        lines.append(f"  ignored (not shard-*.parquet): {', '.join(r['ignored'])}")
     for name, p in r["previews"].items():
         lines.append(f"  {name}: {p}")
     return "\n".join(lines)
@@ -210,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaError as e:  # an unreadable manifest.json
         print(f"pipeline.inspect: error: {e}", file=sys.stderr)
         return 2
-    print(format_report(report))
-    return 1 if report["quarantined"] or report["missing"] else 0
+    print(format_report(report), flush=True)
+    for line in report["errors"]:
+        print(f"pipeline.inspect: error: {line}", file=sys.stderr)
+    if report["errors"]:
+        return 2
+    return 1 if report["quarantined"] or report["missing"] or not report["manifest"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

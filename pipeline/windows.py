@@ -14,8 +14,11 @@ permutes the shards, and within each shard draws `samples_per_episode` window of
 in [min(m, T - w), T - w] and permutes them. So a sample has full memory whenever its episode is long enough
 (T >= m + w); in shorter episodes memory is left-padded: zeros with mem_mask False. Episodes with T < w give
 no samples and are counted in `num_skipped_episodes`. Shards are visited one at a time (a 2-shard cache), so a
-big dataset never sits in memory at once. Rank r of world_size takes every world_size-th sample of the epoch
-list (truncated to a multiple of world_size, so every rank gets the same number of batches).
+big dataset never sits in memory at once. Every shard the manifest lists is used whole or the run stops naming
+it: `index_shards` refuses a listed shard that is missing, truncated or unreadable, and each shard is loaded
+through `shards.load_shard` (manifest SHA-256, footer row checksums, latents finite). Rank r of world_size
+takes every world_size-th sample of the epoch list (truncated to a multiple of world_size, so every rank gets
+the same number of batches).
 
 Two options make training see what evaluation asks (both 0 by default: the sampling above, unchanged):
 - `revisit_share` s: ceil(s * n) of a shard's n samples are replaced by windows that put a revisit in reach: a
@@ -47,7 +50,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.schema import SchemaError, check_table, tensor_shape, to_numpy
-from pipeline.shards import Manifest
+from pipeline.shards import MANIFEST, NO_CHECKSUM_HINT, Manifest, footer_checksums, load_shard
 
 BATCH_KEYS = ("mem_x", "mem_actions", "mem_mask", "x", "actions")
 
@@ -77,22 +80,41 @@ class ShardInfo:
     column: str                 # "frames" | "latents"
     num_rows: int
     length: int                 # T of every episode in this shard (fixed-shape tensor columns)
+    sha256: str | None = None   # the manifest's checksum of the file (None in a folder without manifest)
 
 
 def index_shards(data_dir: str | Path) -> list[ShardInfo]:
-    """Every finished shard of a folder (manifest order, or shard-*.parquet when there is no manifest)."""
+    """Every shard the folder's manifest lists (name order), or every shard-*.parquet when there is no manifest.
+    Raises SchemaError naming a shard that cannot be used whole: listed but missing or of another size, an
+    unreadable footer, a schema or row count that disagrees, or (no manifest) no row checksums."""
     folder = Path(data_dir)
-    paths = Manifest(folder).done_paths() if (folder / "manifest.json").exists() else sorted(folder.glob("shard-*.parquet"))
+    if (folder / MANIFEST).exists():
+        manifest = Manifest(folder)
+        paths, entries = manifest.listed_paths(), manifest.shards
+    else:
+        paths, entries = sorted(folder.glob("shard-*.parquet")), {}
     if not paths:
         raise FileNotFoundError(f"{folder}: no shards; run pipeline.collect (frames) or pipeline.encode (latents) first")
+    fix = f"run `python -m pipeline.inspect {folder}` to move it aside, then rerun the command that wrote the folder"
     infos = []
     for p in paths:
-        schema = pq.read_schema(p)
+        entry = entries.get(p.name)
+        try:
+            meta = pq.read_metadata(p)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated files
+            raise SchemaError(f"{p}: not a readable Parquet file ({type(e).__name__}: {e}); {fix}") from e
+        schema = meta.schema.to_arrow_schema()
         column = "latents" if "latents" in schema.names else "frames"
         problems = check_table(schema, column)
         if problems:
-            raise SchemaError(f"{p}: " + "; ".join(map(str, problems)) + " (validate it with pipeline.encode or move it aside)")
-        infos.append(ShardInfo(str(p), column, pq.read_metadata(p).num_rows, tensor_shape(schema, "actions")[0]))
+            raise SchemaError(f"{p}: " + "; ".join(map(str, problems)) + f"; {fix}")
+        if entry is not None and entry["rows"] != meta.num_rows:
+            raise SchemaError(f"{p}: {meta.num_rows} rows, {MANIFEST} lists {entry['rows']}; {fix}")
+        if entry is None and footer_checksums(schema.metadata) is None:
+            raise SchemaError(f"{p}: no row checksums in its footer and no {MANIFEST} lists it, so nothing can tell "
+                              f"whether its bytes are intact; {NO_CHECKSUM_HINT}")
+        infos.append(ShardInfo(str(p), column, meta.num_rows, tensor_shape(schema, "actions")[0],
+                               entry["sha256"] if entry else None))
     return infos
 
 
@@ -226,7 +248,12 @@ class ShardCache:
         if info.path in self.items:
             self.items.move_to_end(info.path)
             return self.items[info.path]
-        table = pq.read_table(info.path, columns=[info.column, "actions"])
+        try:                                           # verified whole, or the run stops naming the shard
+            table = load_shard(Path(info.path), info.column, info.sha256)
+        except SchemaError as e:
+            raise SchemaError(f"{e}; the data cannot be used: run `python -m pipeline.inspect "
+                              f"{Path(info.path).parent}` to move it aside, then rerun the command that wrote "
+                              f"the folder") from e
         data = to_numpy(table, info.column)
         if info.column == "frames":                    # (N,T,H,W,3) -> (N,T,3,H,W)
             data = np.ascontiguousarray(data.transpose(0, 1, 4, 2, 3))
