@@ -45,8 +45,11 @@ def test_sweep_interrupted_then_resumed(ray_cluster, data, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "tuning.sweep_budget", *_flags(data, out), "--address", address],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Once the second trial's folder exists, Tune has registered the first as finished (one trial at a time);
+    # its record alone appears a moment earlier, and an interrupt then makes the rerun run it again.
     deadline = time.time() + 400
-    while time.time() < deadline and not list((out / "trials").glob("*.json")) and proc.poll() is None:
+    while time.time() < deadline and proc.poll() is None and not (
+            list((out / "trials").glob("*.json")) and list((out / "tune" / "sweep").glob("run_trial_*_00001_*"))):
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     log = proc.communicate(timeout=120)[0]
@@ -75,7 +78,9 @@ def test_sweep_interrupted_then_resumed(ray_cluster, data, tmp_path):
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
     assert sorted(r.info.run_name for r in children) == ["prepend-m4", "prepend-m8"]
-    assert all("retrieval/0-16" in r.data.metrics and "loss" in r.data.metrics for r in children)
+    from training.tracking import read_summary
+
+    assert all("retrieval/0-16" in read_summary(client, r.info.run_id) and "loss" in r.data.metrics for r in children)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/results.md"}
 
 
@@ -90,3 +95,51 @@ def test_bad_sweeps_fail_before_any_trial(ray_cluster, data, tmp_path):
     with pytest.raises(FileNotFoundError, match="--data-dir"):
         run_sweep(SweepConfig(data_dir=str(tmp_path / "nothing"), out=str(tmp_path / "d")))
     assert not (tmp_path / "a" / "trials").exists() and not (tmp_path / "c" / "tune").exists()
+
+
+def test_data_is_checked_against_every_trial_before_the_first(tmp_path):
+    """Episodes of 40 frames: too short for the evaluation's 64-frame rollouts and for a 48-frame window. Before,
+    every trial trained fully, then failed in evaluation, and the command exited 0 with "0/2 trials finished"."""
+    write_synthetic_shards(tmp_path / "episodes", num_shards=1, episodes_per_shard=3, length=40, size=8, seed=2)
+    run_encode(EncodeConfig(in_dir=str(tmp_path / "episodes"), out_dir=str(tmp_path / "latents"), backend="local"))
+    build_eval_cases(tmp_path / "latents", cases_per_bin=1, max_memory=8, horizon=4, seed=0, window=4)
+    short = dict(data_dir=str(tmp_path / "latents"), out=str(tmp_path / "sweep"), grid="full", structures=["prepend"],
+                 memory_lengths=[4, 8], compressions=["none"], steps=4, batch_size=2, window=4)
+    with pytest.raises(ValueError, match=r"--num-rollout-cases 2: rollout cases need episodes longer than 64 frames, "
+                                         r"the longest in --data-dir .* has 40; pass --num-rollout-cases 0"):
+        run_sweep(SweepConfig(**short))
+    with pytest.raises(ValueError, match=r"--window 48: no episode in --data-dir .* has that many frames"):
+        run_sweep(SweepConfig(**short | {"window": 48, "num_rollout_cases": 0}))
+    assert not (tmp_path / "sweep").exists()  # no trial, no Tune state, no MLflow run
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_rerun_of_a_sweep_whose_trial_failed_says_which_and_why(ray_cluster, data, tmp_path, capsys):
+    """A trial fails (a file stands where its folder goes). Before, the sweep exited 0 with its parent run
+    FINISHED, and the rerun crashed in sweep_budget.py (`'NoneType' object is not subscriptable`: Tune's
+    restored result of an errored trial has no config), leaving the parent run RUNNING."""
+    from mlflow import MlflowClient
+
+    from tuning.sweep_budget import main
+
+    out = tmp_path / "sweep"
+    (out / "trials").mkdir(parents=True)
+    (out / "trials" / "prepend-m4").write_text("in the way\n")
+    flags = _flags(data, out) + ["--memory-lengths", "4"]  # the last --memory-lengths wins: one trial
+    client = MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    sigterm = signal.getsignal(signal.SIGTERM)  # main routes SIGTERM to Ctrl-C; give pytest its own back
+    try:
+        for attempt in range(2):  # the first run, then the same command again
+            code, err = main(flags), capsys.readouterr().err
+            assert code == 1 and "trial prepend-m4 failed: NotADirectoryError: " in err, err
+            [parent] = client.search_runs([client.get_experiment_by_name("memvid-sweeps").experiment_id],
+                                          "tags.stage = 'sweep'")
+            assert parent.info.status == "FAILED" and "prepend-m4: NotADirectoryError" in parent.data.tags["stopped"]
+        # [2] the cause removed, the same command runs the failed trial again and the sweep finishes
+        (out / "trials" / "prepend-m4").unlink()
+        assert main(flags) == 0
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    runs = client.search_runs([parent.info.experiment_id], "")
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("prepend-m4", "FINISHED"), (out.name, "FINISHED")]

@@ -5,7 +5,7 @@
     # laptop, Ray Train on 2 CPU workers fed by Ray Data:
     python -m training.train --data-dir runs/demo/latents --out-dir runs/train --num-workers 2
     # cluster: GPUs, shared storage, an MLflow server on the head node
-    python -m training.train --address auto --use-gpu --num-workers 8 --preset paper --window 16 \
+    python -m training.train --address auto --use-gpu --num-workers 8 --preset paper --window 16 \\
         --data-dir /shared/data/dmlab-latents --out-dir /shared/runs --tracking-uri http://head:5000
     python -m training.train --dry-run      # print the resolved config and exit
 
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
+from pipeline.console import emit, progress, quiet_ray_train_worker, start_ray
 from training import checkpoint as ckpt
 from training.train_backends import LocalSession, RaySession, position_index, samples_per_epoch, window_spec
 
@@ -178,8 +179,12 @@ def train_loop(config: dict) -> dict:
     """
     config = dict(config)
     data_start = config.pop("_data_start", 0)  # set by the Ray launcher: first sample of its dataset
+    resume_from = config.pop("_resume_from", "")  # the driver's checkpoint.resolve_latest (all ranks read the same)
+    driver_run_id = config.pop("_mlflow_run_id", None)  # the MLflow run the driver opened (and ends on errors)
     cfg = TrainConfig(**config)
-    session = (RaySession if cfg.backend == "ray" else LocalSession)(cfg, data_start)
+    if cfg.backend == "ray":
+        quiet_ray_train_worker()
+    session = (RaySession if cfg.backend == "ray" else LocalSession)(cfg, data_start, resume_from)
     rank, device = session.rank, session.device
 
     # [1] model, EMA, optimizer: initial weights from the seed alone (fork_rng keeps the caller's RNG untouched)
@@ -207,20 +212,21 @@ def train_loop(config: dict) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         step, position, run_id = state["step"], state["data_position"], state["mlflow_run_id"]
 
-    # [3] MLflow on rank 0 only: the run id from the checkpoint, else a run of this name (rerun before the first
-    # checkpoint), else a new one
+    # [3] MLflow on rank 0 only: the run the driver opened, else the run id from the checkpoint, else a run of
+    # this name (rerun before the first checkpoint), else a new one
     tracker = None
     if rank == 0:
         from training.tracking import start_or_resume_run
 
-        tracker = start_or_resume_run(cfg.resolved_tracking_uri(), cfg.experiment, cfg.name, run_id=run_id,
+        tracker = start_or_resume_run(cfg.resolved_tracking_uri(), cfg.experiment, cfg.name,
+                                      run_id=driver_run_id or run_id,
                                       resume_by_name=True, tags={"stage": "train"},
                                       parent_run_id=cfg.parent_run_id or None)
         tracker.log_config(dataclasses.asdict(cfg) | {"model": dataclasses.asdict(mcfg)})
         tracker.set_tags({"checkpoint_dir": cfg.run_dir, "backend": cfg.backend, "num_workers": cfg.num_workers})
         run_id = tracker.run_id
-        print(f"[train] {cfg.name}: step {step}/{cfg.steps} on {session.world_size} worker(s), device {device}; "
-              f"{'resumed from ' + last_ckpt if last_ckpt else 'fresh start'}; MLflow run {run_id}", flush=True)
+        emit(f"[train] {cfg.name}: step {step}/{cfg.steps} on {session.world_size} worker(s), device {device}; "
+             f"{'resumed from ' + last_ckpt if last_ckpt else 'fresh start'}; MLflow run {run_id}")
 
     def snapshot() -> dict:
         return {"train_config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(mcfg),
@@ -231,6 +237,8 @@ def train_loop(config: dict) -> dict:
     metrics: dict[str, Any] = {"step": step}
     frames_per_step = cfg.batch_size * cfg.window * session.world_size
     t0, step0, losses = time.perf_counter(), step, []
+    # a bar on a terminal (local backend); elsewhere, e.g. in a Ray worker, the status lines below are the progress
+    bar = progress(cfg.steps, f"train {cfg.name}", unit="step", initial=step, every_sec=0, enabled=rank == 0)
     batches = session.batches(position)
     model.train()
     while step < cfg.steps:
@@ -255,6 +263,7 @@ def train_loop(config: dict) -> dict:
             if tracker:
                 tracker.set_tags({"stopped": f"non-finite loss at step {step + 1}"})
                 tracker.end("FAILED")
+            bar.close()
             session.report(metrics, None, step)
             return metrics
         optimizer.zero_grad(set_to_none=True)
@@ -264,6 +273,7 @@ def train_loop(config: dict) -> dict:
         ema_update(ema, raw, cfg.ema_decay, step)
         step, position = step + 1, next_position
         losses.append(float(flags[0]))
+        bar.update(1)
 
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - t0
@@ -272,8 +282,8 @@ def train_loop(config: dict) -> dict:
             metrics = {"step": step, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm),
                        "frames_per_sec": rate}
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
-            print(f"[train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} frames/s {rate:.1f} "
-                  f"eta {eta / 60:.1f} min{_memory_note(device)}", flush=True)
+            bar.write(f"[train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} frames/s {rate:.1f} "
+                      f"eta {eta / 60:.1f} min{_memory_note(device)}")
             losses = []
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             saved = session.report({**metrics, "step": step, "mlflow_run_id": run_id},
@@ -282,6 +292,7 @@ def train_loop(config: dict) -> dict:
         if step == cfg.fail_at_step:
             _inject_failure(cfg, step)
 
+    bar.close()
     metrics = {**metrics, "step": step, "last_checkpoint": last_ckpt, "mlflow_run_id": run_id}
     if tracker:
         tracker.log_text(json.dumps({"checkpoint_dir": str(cfg.run_dir), "last_checkpoint": last_ckpt}, indent=2),
@@ -311,7 +322,7 @@ def _inject_failure(cfg: TrainConfig, step: int) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("injected\n")
     if cfg.backend == "ray":
-        print(f"[train] injected failure: worker exits at step {step}", flush=True)
+        emit(f"[train] injected failure: worker exits at step {step}")
         os._exit(1)
     raise RuntimeError(f"injected failure at step {step} (--fail-at-step)")
 
@@ -320,28 +331,75 @@ def _inject_failure(cfg: TrainConfig, step: int) -> None:
 # launcher
 
 
+def check_training_data(cfg: TrainConfig) -> None:
+    """Fail before any run starts when the data cannot feed this config: no latent shards, or no episode with
+    a full window (memory longer than an episode is padded, as in evaluation, so it is not an error)."""
+    from pipeline.windows import index_shards
+
+    latent_shape(cfg.data_dir)
+    longest = max((s.length for s in index_shards(cfg.data_dir)), default=0)
+    if longest < cfg.window:
+        raise ValueError(f"--window {cfg.window}: no episode in --data-dir {cfg.data_dir} has that many frames (the "
+                         f"longest has {longest}); lower --window or collect longer episodes (pipeline.collect --length)")
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train (resuming if this run has checkpoints); returns {"checkpoint", "mlflow_run_id", "metrics"}.
 
     Raises FloatingPointError naming the step and the last good checkpoint when the loss turns non-finite,
-    ValueError naming the field when the run's checkpoint was trained with other settings.
+    ValueError naming the field when the run's checkpoint was trained with other settings, CheckpointWriteError
+    (one line: path and cause) when a checkpoint cannot be written. The MLflow run always ends with its true
+    status: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
     """
-    latent_shape(cfg.data_dir)  # fail early, before Ray starts, on a missing or wrong data folder
+    check_training_data(cfg)  # fail early, before Ray starts and before any MLflow run, on data that cannot fit
     if cfg.backend == "local" and cfg.num_workers != 1:
         raise ValueError(f"--num-workers {cfg.num_workers} needs --backend ray (the local backend is one process)")
-    last = ckpt.latest_checkpoint(cfg.run_dir / "local" if cfg.backend == "local" else cfg.run_dir)
-    state = ckpt.load_checkpoint(last) if last else None
+    # [1] The run's latest checkpoint, resolved once here; the workers resume from the same record. Partial
+    # files of interrupted or failed writes are removed now, before any worker starts.
+    found = ckpt.resolve_latest(cfg.run_dir / "local" if cfg.backend == "local" else cfg.run_dir, clean=True)
+    last, state = found if found else (None, None)
     if state is not None:
         ckpt.check_compatible(state["train_config"], dataclasses.asdict(cfg), str(last))
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(cfg)
-    metrics = train_loop(config) if cfg.backend == "local" else _fit_with_ray(cfg, config, state)
+    # [2] The MLflow run, opened here so that whatever stops the workers, this process ends it truly.
+    from training.tracking import start_or_resume_run
+
+    tracker = start_or_resume_run(cfg.resolved_tracking_uri(), cfg.experiment, cfg.name,
+                                  run_id=state["mlflow_run_id"] if state else None, resume_by_name=True,
+                                  tags={"stage": "train"}, parent_run_id=cfg.parent_run_id or None)
+    config = dataclasses.asdict(cfg) | {"_resume_from": str(last or ""), "_mlflow_run_id": tracker.run_id}
+    try:
+        metrics = train_loop(config) if cfg.backend == "local" else _fit_with_ray(cfg, config, state)
+    except BaseException as e:
+        error = _user_error(e)
+        tracker.end_with(error, "train: ")
+        if error is e:
+            raise
+        raise error from e
     if "nan_step" in metrics:
         raise FloatingPointError(f"loss became non-finite at step {metrics['nan_step']} of run {cfg.name}; "
                                  f"last good checkpoint: {metrics.get('last_checkpoint') or 'none (no step saved)'}")
     path = metrics.get("last_checkpoint")
     return {"checkpoint": str(Path(path) / ckpt.CKPT_FILE) if path else None,
-            "mlflow_run_id": metrics.get("mlflow_run_id"), "metrics": metrics}
+            "mlflow_run_id": metrics.get("mlflow_run_id") or tracker.run_id, "metrics": metrics}
+
+
+def _user_error(error: BaseException) -> BaseException:
+    """The error to show for a failed fit: a worker's CheckpointWriteError (one line) out of Ray's
+    WorkerGroupError; KeyboardInterrupt for Ray Train's graceful SIGINT abort (it exits with SystemExit(0))."""
+    if isinstance(error, SystemExit) and not error.code:
+        return KeyboardInterrupt("training interrupted; rerun the same command to resume")
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ckpt.CheckpointWriteError):
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None),
+                  *(getattr(e, "worker_failures", None) or {}).values()]
+    return error
 
 
 def window_dataset_from(cfg: TrainConfig, start: int, num_samples: int):
@@ -356,17 +414,15 @@ def window_dataset_from(cfg: TrainConfig, start: int, num_samples: int):
 
 
 def _fit_with_ray(cfg: TrainConfig, config: dict, state: dict | None) -> dict:
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address or None, include_dashboard=False, configure_logging=False)
+    start_ray(cfg.address)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    # The dataset starts where the newest checkpoint stopped; Ray Train resumes that checkpoint because the
-    # RunConfig (name, storage_path) is the same (Train V2: no resume_from_checkpoint).
+    # The dataset starts where the run's latest checkpoint (run_training resolved it) stopped; the workers resume
+    # that same checkpoint (RaySession.resume_state), not the one Ray registered last, which may be older.
     step = state["step"] if state else 0
     start = position_index(state["data_position"] if state else None, samples_per_epoch(cfg))
     per_step = cfg.batch_size * cfg.num_workers
@@ -380,8 +436,14 @@ def _fit_with_ray(cfg: TrainConfig, config: dict, state: dict | None) -> dict:
         datasets={"train": dataset}, dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(name=cfg.name, storage_path=str(Path(cfg.out_dir).expanduser().resolve()),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
+                             # Ray Train's INFO lines (worker group started, each checkpoint and report) stay in
+                             # the session's train logs; the status lines of train_loop say the same, once
+                             logging_config=LoggingConfig(log_level="WARNING")))
     result = trainer.fit()
+    _remove_unregistered(cfg, result)
+    if isinstance(result.return_value, dict):  # rank 0's train_loop return: last checkpoint, NaN step, run id
+        return result.return_value
     metrics = dict(result.metrics or {})
     if result.checkpoint is not None and "nan_step" not in metrics:
         metrics["last_checkpoint"] = str(cfg.run_dir / Path(result.checkpoint.path).name)
@@ -390,12 +452,26 @@ def _fit_with_ray(cfg: TrainConfig, config: dict, state: dict | None) -> dict:
     return metrics
 
 
+def _remove_unregistered(cfg: TrainConfig, result) -> None:
+    """Delete checkpoint folders Ray does not track that are older than its newest (left by a driver killed
+    before Ray registered them, then resumed from): Ray's num_to_keep never reaches them."""
+    import shutil
+
+    kept = {Path(c.path).name for c, _ in (result.best_checkpoints or [])}
+    for folder in cfg.run_dir.glob(ckpt.FOLDER_GLOB):
+        if folder.is_dir() and kept and folder.name not in kept and folder.name < max(kept):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg, dry_run = parse_config(TrainConfig, argv, description=__doc__)
     print(to_json(cfg), flush=True)
     if dry_run:
         return
-    try:
+    from training.tracking import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # SIGTERM ends the MLflow run KILLED, as Ctrl-C does
+    try:  # run_cli prints a CheckpointWriteError or a disk error as one line, and exits 130 on Ctrl-C
         out = run_training(cfg)
     except FloatingPointError as e:
         sys.exit(f"training stopped: {e}")
@@ -404,4 +480,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

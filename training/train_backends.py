@@ -6,7 +6,6 @@ it), report(metrics, state, step) -> checkpoint folder. Ray is imported only ins
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -63,7 +62,7 @@ class LocalSession:
 
     rank, world_size = 0, 1
 
-    def __init__(self, cfg: TrainConfig, data_start: int = 0):
+    def __init__(self, cfg: TrainConfig, data_start: int = 0, resume_from: str = ""):
         self.cfg = cfg
         self.ckpt_root = cfg.run_dir / "local"
         self.device = torch.device("cuda" if cfg.use_gpu else "cpu")
@@ -72,8 +71,8 @@ class LocalSession:
         return model.to(self.device)
 
     def resume_state(self) -> dict | None:
-        last = ckpt.latest_checkpoint(self.ckpt_root)
-        return None if last is None else {**ckpt.load_checkpoint(last), "_path": str(last)}
+        found = ckpt.resolve_latest(self.ckpt_root)
+        return None if found is None else {**found[1], "_path": str(found[0])}
 
     def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
         from pipeline.windows import LocalWindowStream
@@ -102,16 +101,19 @@ class LocalSession:
 class RaySession:
     """Inside a Ray Train worker: dataset shard, prepare_model (DDP, gloo on CPU), report/get_checkpoint.
 
-    The driver built the dataset from sample `data_start` on (the newest checkpoint's position when it
-    started). A worker group restarted by FailureConfig reads that dataset from its start again, so it skips
-    the batches its checkpoint has already trained on.
+    The driver resolved the run's latest checkpoint (`resume_from`, checkpoint.resolve_latest) and built the
+    dataset from its position on (sample `data_start`). Every worker resumes from the same record, the newest
+    loadable folder on disk, never from Ray's registered checkpoint (which can trail the folders on disk by
+    seconds, so a driver killed just after a checkpoint left the two apart). On the first start that is the
+    driver's checkpoint; after a FailureConfig restart it may be a later one of this fit: the dataset is read
+    from its start again, so the worker skips the batches that checkpoint has already trained on.
     """
 
-    def __init__(self, cfg: TrainConfig, data_start: int = 0):
+    def __init__(self, cfg: TrainConfig, data_start: int = 0, resume_from: str = ""):
         import ray.train
         from ray.train.torch import get_device
 
-        self.cfg, self.data_start = cfg, data_start
+        self.cfg, self.data_start, self.resume_from = cfg, data_start, resume_from
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = get_device() if cfg.use_gpu else torch.device("cpu")
@@ -122,13 +124,12 @@ class RaySession:
         return prepare_model(model)
 
     def resume_state(self) -> dict | None:
-        import ray.train
-
-        found = ray.train.get_checkpoint()
-        if found is None:
-            return None
-        with found.as_directory() as folder:
-            return {**ckpt.load_checkpoint(folder), "_path": str(self.cfg.run_dir / Path(found.path).name)}
+        found = ckpt.resolve_latest(self.cfg.run_dir)
+        if found is None and self.resume_from:
+            raise RuntimeError(f"rank {self.rank}: no checkpoint under {self.cfg.run_dir}, where the driver resumed "
+                               f"{self.resume_from}; --out-dir must be storage every worker reads (a shared file "
+                               f"system on a cluster)")
+        return None if found is None else {**found[1], "_path": str(found[0])}
 
     def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
         import ray.train
@@ -137,9 +138,10 @@ class RaySession:
 
         n, per_step = samples_per_epoch(self.cfg), self.cfg.batch_size * self.world_size
         done = position_index(position, n) - self.data_start
-        if done < 0 or done % per_step:
-            raise RuntimeError(f"checkpoint position {position} is not reachable from the dataset start "
-                               f"{self.data_start} in steps of {per_step} samples; rerun the command to rebuild it")
+        if done < 0 or done % per_step:  # cannot happen while driver and workers read the same run folder
+            raise RuntimeError(f"rank {self.rank}: checkpoint position {position} is not reachable from the dataset "
+                               f"start {self.data_start} (the position of {self.resume_from or 'no checkpoint'}) in "
+                               f"steps of {per_step} samples; do workers see another --out-dir than the driver?")
         skip = done // per_step
         shard = ray.train.get_dataset_shard("train")
         for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.batch_size, collate_fn=ray_collate_fn(),
@@ -156,6 +158,13 @@ class RaySession:
             return None
         name = ckpt.checkpoint_dir_name(step)
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt.save_checkpoint(state, tmp)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+            ckpt.save_checkpoint(state, tmp)  # a failed write names this local temp path, the disk that is full
+            try:  # Ray copies the folder into the run folder; a copy cut short is skipped by resolve_latest
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=name)
+            except Exception as e:
+                error = ckpt.write_error(self.cfg.run_dir / name / ckpt.CKPT_FILE, e)
+                if error is None:
+                    raise
+                raise error from e
         return str(self.cfg.run_dir / name)
