@@ -234,21 +234,25 @@ def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)  # restored below; oversubscribed cores thrash with >1
     stop_heads = [h for h in settings.judge_heads if h in heads] or heads
+    from pipeline.console import progress
+
+    bar = progress(settings.max_steps, "scene probe", unit="step")  # stops early at the target accuracy
     try:
-        step = _fit(probe, opt, sched, xtr, ytr, x[test], scene[test], heads, stop_heads, settings, gen)
+        step = _fit(probe, opt, sched, xtr, ytr, x[test], scene[test], heads, stop_heads, settings, gen, bar)
         all_acc, head_acc = _accuracy(probe, x[test], scene[test], heads)
         judged = [h for h in settings.judge_heads if h in heads] if settings.judge_heads else \
             [h for h in heads if head_acc[h] >= PROBE_MIN_ACCURACY]
         judged = judged or [max(heads, key=head_acc.get)]  # none reliable: the best one, reported invalid
         acc, _ = _accuracy(probe, x[test], scene[test], judged)
     finally:
+        bar.close()
         torch.set_num_threads(threads)
     names = [episode_names[i] for i in held] if episode_names else [str(int(i)) for i in held]
     report = ProbeReport(heads, acc, head_acc, judged, all_acc, int((~test).sum()), int(test.sum()), sorted(names), step)
     return probe.cpu().eval(), report
 
 
-def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, stop_heads, settings: ProbeSettings, gen) -> int:
+def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, stop_heads, settings: ProbeSettings, gen, bar) -> int:
     """Optimise until max_steps or until the held-out accuracy on `stop_heads` reaches the target; returns steps."""
     from pipeline.schema import SCENE_LABELS
 
@@ -267,6 +271,7 @@ def _fit(probe, opt, sched, xtr, ytr, xte, yte, heads, stop_heads, settings: Pro
         opt.step()
         sched.step()
         step += 1
+        bar.update(1)
         if step % settings.eval_every == 0 or step == settings.max_steps:
             if _accuracy(probe, xte, yte, stop_heads)[0] >= settings.target_accuracy:
                 break

@@ -1,0 +1,93 @@
+"""Every tool, run as a user runs it: a mistake (missing folder, bad flag value) gives one line naming the flag or
+path and exit status 2, no traceback (unless --debug); usage lines say `python -m package.module`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import UserError, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (module, arguments; {missing} is a folder that does not exist, {tmp} a fresh one), what the message must name
+MISTAKES = [
+    ("pipeline.collect", "--episodes 0", "--episodes"),
+    ("pipeline.collect", "--env nope", "--env"),
+    ("pipeline.ingest", "--format worldmem {missing} --out {tmp}/out", "{missing}"),
+    ("pipeline.encode", "--in-dir {missing} --out-dir {tmp}/out --backend local", "{missing}"),
+    ("pipeline.inspect", "{missing}", "{missing}"),
+    ("pipeline.eval_cases", "--data-dir {missing}", "{missing}"),
+    ("training.train", "--data-dir {missing} --out-dir {tmp}/out --backend local", "--data-dir {missing}"),
+    ("training.train", "--steps ten", "--steps"),
+    ("training.evaluate", "", "--checkpoint is required"),
+    ("training.evaluate", "--checkpoint {missing}", "{missing}"),
+    ("training.demo", "--short-memory 99 --out {tmp}/demo", "--short-memory"),
+    ("training.theory", "--seed x", "--seed"),
+    ("tuning.sweep_budget", "--data-dir {missing} --out {tmp}/sweep --dry-run", "--data-dir {missing}"),
+    ("tuning.sweep_budget", "--data-dir {missing} --out {tmp}/sweep", "--data-dir {missing}"),
+    ("tuning.report", "{missing}", "{missing}"),
+]
+
+
+def _run(module: str, args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, str]:
+    missing = tmp_path / "no-such-folder"
+    argv = args.format(missing=missing, tmp=tmp_path).split()
+    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    return proc, str(missing)
+
+
+@pytest.mark.parametrize("module,args,named", MISTAKES, ids=[f"{m} {a}" for m, a, _ in MISTAKES])
+def test_a_mistake_is_one_line_and_status_2(tmp_path, module, args, named):
+    proc, missing = _run(module, args, tmp_path)
+    errors = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert 1 <= len(errors) <= 2, proc.stderr      # the message (and, for a usage error, where --help is)
+    assert errors[0].startswith((f"{module}: error: ", f"python -m {module}: error: "))
+    assert named.format(missing=missing) in errors[0]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc, _ = _run("training.evaluate", "--checkpoint {missing} --debug", tmp_path)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def test_help_names_the_module_and_keeps_the_examples(tmp_path):
+    train = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60).stdout
+    assert train.startswith("usage: python -m training.train ")
+    assert "--window 16 \\\n        --data-dir" in train                   # the continued example keeps its break
+    collect = subprocess.run([sys.executable, "-m", "pipeline.collect", "--help"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60).stdout
+    out_help = collect[collect.index("\n  --out OUT") + 1:].split("\n  --")[0]
+    assert "(default: data/<env>)" in out_help and out_help.count("default:") == 1
+
+
+def test_run_cli_tells_mistakes_from_bugs(capsys):
+    def mistake(argv):
+        raise UserError("--out /x: not writable")
+
+    def our_check(argv):
+        from training.demo import DemoConfig
+
+        DemoConfig(episodes=0)                                      # a ValueError raised by our code names the flag
+
+    def bug(argv):
+        return int("not a number")                                  # raised inside Python itself: a bug, traceback
+
+    for main in (mistake, our_check):
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, [])
+        assert e.value.code == 2
+    assert "error: --out /x: not writable" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_cli(bug, [])
+    with pytest.raises(UserError):
+        run_cli(mistake, ["--debug"])
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda argv: 1, [])
+    assert e.value.code == 1
