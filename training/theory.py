@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
 from training.diffusion import Diffusion
 from training.gaussian_video import (ExactDenoiser, ar1, conditional_kl, frame_clock, lag_correlation, marginal_kl,
                                      memory_bottleneck, memory_limited_law, mixture, sample_correlation, seasonal,
@@ -421,4 +421,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+from pipeline.cli import UserError, run_cli
+
 BINS = ("0-16", "16-48", "48-112")
 SEGMENTS = ("0-16", "16-32", "32-48", "48-64")
 STRUCTURES = ("prepend", "concat", "cross_attn")
@@ -34,6 +36,8 @@ def load_trials(source: str, tracking_uri: str | None = None) -> list[dict]:
 def _trials_from_mlflow(parent_run_id: str, tracking_uri: str | None) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
+    from training.tracking import read_summary
+
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -41,7 +45,8 @@ def _trials_from_mlflow(parent_run_id: str, tracking_uri: str | None) -> list[di
     for run in runs:
         p = run.data.params
         config = {k: (int(p[k]) if k in ("memory_length", "budget") else p[k]) for k in CONFIG_KEYS if k in p}
-        trials.append({"name": run.info.run_name, "config": config, "metrics": dict(run.data.metrics),
+        metrics = {**run.data.metrics, **read_summary(client, run.info.run_id)}  # evaluation figures: the summary
+        trials.append({"name": run.info.run_name, "config": config, "metrics": metrics,
                        "status": "ok" if run.info.status == "FINISHED" else run.info.status.lower(), "error": ""})
     return trials
 
@@ -154,52 +159,132 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def make_plots(trials: list[dict], out: Path) -> dict[str, Path]:
+def _frames_kept(c: dict) -> int:
+    """Memory frames the model attends to: the compressed budget, or the memory length without compression."""
+    return c["budget"] if c["compression"] != "none" else c["memory_length"]
+
+
+def _probe_note(ok: list[dict]) -> tuple[str, bool]:
+    """(note, nothing_valid): room revisits are left out of the rates where the scene probe was below 0.95; if
+    that leaves no case at all, the figure is stamped not valid."""
+    from training.probe import PROBE_MIN_ACCURACY
+
+    accs = [t["metrics"].get("probe_accuracy") for t in ok]
+    accs = [a for a in accs if a is not None and not math.isnan(a) and a < PROBE_MIN_ACCURACY]
+    if not accs:
+        return "", False
+    empty = all(not (t["metrics"].get(f"retrieval_n/{b}") or 0) for t in ok for b in BINS)
+    if empty:
+        return f"not valid: probe accuracy {min(accs):.3f} < {PROBE_MIN_ACCURACY}", True
+    return f"room revisits left out: probe accuracy {min(accs):.3f} < {PROBE_MIN_ACCURACY}", False
+
+
+def _figure(ncols: int = 1, height: float = 5.6):
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # not pyplot: no global figure registry
+
+    fig = Figure(figsize=(12.0, height), layout="constrained")   # >= 1000 px wide (save_figure enforces it)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _stamp(ax, text: str) -> None:
+    ax.text(0.5, 0.55, text, transform=ax.transAxes, ha="center", va="center", color="#c00000", fontsize=15,
+            weight="bold", zorder=10, bbox=dict(facecolor="white", edgecolor="#c00000", alpha=0.9))
+
+
+def make_plots(trials: list[dict], out: Path) -> dict[str, Path]:
+    """The three PNGs (>= 1000 px wide) of the sweep; returns their paths by name."""
+    from training.media import save_figure
 
     ok = _sorted_ok(trials)
     paths = {}
-    # [1] retrieval vs memory budget, one line per structure (budget = frames kept: compressed budget or length)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for s in STRUCTURES:
-        pts = sorted((t["config"]["budget"] if t["config"]["compression"] != "none" else t["config"]["memory_length"],
-                      mean_retrieval(t["metrics"], BINS)) for t in ok if t["config"]["memory"] == s)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=s)
-    ax.set(xlabel="memory frames kept (budget or length)", ylabel="retrieval (mean over gap bins)")
-    ax.legend(); fig.tight_layout()
-    paths["retrieval_vs_budget"] = out / "retrieval_vs_budget.png"
-    fig.savefig(paths["retrieval_vs_budget"], dpi=120); plt.close(fig)
+    note, nothing_valid = _probe_note(ok)
+    calib = calibration_rows(ok)
+    # [1] retrieval vs memory frames kept, one panel per bin of d, one line per structure, 95% intervals; the
+    # calibration rows beside them: copy m=L (a perfect memory of L frames) at x = L, the others as levels
+    fig, axes = _figure(len(BINS))
+    for ax, b in zip(axes, BINS):
+        n = max((int(t["metrics"].get(f"retrieval_n/{b}") or 0) for t in ok), default=0)
+        for s in STRUCTURES:
+            mine = sorted((t for t in ok if t["config"]["memory"] == s), key=lambda t: _frames_kept(t["config"]))
+            if not mine:
+                continue
+            xs = [_frames_kept(t["config"]) for t in mine]
+            ys = [t["metrics"].get(f"retrieval/{b}", math.nan) for t in mine]
+            lo = [t["metrics"].get(f"retrieval_lo/{b}", y) for t, y in zip(mine, ys)]
+            hi = [t["metrics"].get(f"retrieval_hi/{b}", y) for t, y in zip(mine, ys)]
+            err = [[max(0.0, y - l) for y, l in zip(ys, lo)], [max(0.0, h - y) for y, h in zip(ys, hi)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linewidth=2, label=f"{s} (trained model)")
+        copies = sorted((int(name.split("=")[1]), r.get(b)) for name, r in calib.items() if name.startswith("copy m="))
+        if copies:
+            ax.plot(*zip(*copies), "k^", markersize=8, label="copy m=L: a perfect memory of L frames (no model)")
+        for (name, r), style in zip(((n_, r_) for n_, r_ in calib.items() if not n_.startswith("copy")),
+                                    ("--", ":", "-.", (0, (1, 3)))):
+            if r.get(b) is not None and not math.isnan(r[b]):
+                ax.axhline(r[b], color="grey", linestyle=style, linewidth=1, label=f"{name} (no model)")
+        ax.set_title(f"d in {b} frames ({n} cases)", fontsize=11)
+        kept = sorted({_frames_kept(t["config"]) for t in ok} | {L for L, _ in copies})
+        if kept:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(kept, [str(k) for k in kept])
+            ax.minorticks_off()
+        ax.set_ylim(-0.02, 1.05)
+        ax.grid(alpha=0.3)
+        if nothing_valid:
+            _stamp(ax, note)
+    axes[0].set_ylabel("retrieval rate (share of cases; whiskers: 95% Wilson interval)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    axes[len(axes) // 2].set_xlabel("memory frames kept (compression budget, else memory length; log scale)")
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    fig.suptitle("Retrieval rate vs memory budget, by d (frames from the first generated frame back to the last "
+                 "sighting)" + (f"\n{note}" if note and not nothing_valid else ""), fontsize=12)
+    paths["retrieval_vs_budget"] = save_figure(fig, out / "retrieval_vs_budget.png")
     # [2] Figure 9: retrieval (0-16, 16-48) vs max PSNR decay, with the correlation
     xs = [t["metrics"].get("psnr_max_decay", float("nan")) for t in ok]
     ys = [mean_retrieval(t["metrics"]) for t in ok]
     r = pearson(xs, ys)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter(xs, ys)
+    fig, (ax,) = _figure()
+    ax.scatter(xs, ys, s=40)
     for t, x, y in zip(ok, xs, ys):
-        ax.annotate(t["name"], (x, y), fontsize=6)
-    ax.set(xlabel="max PSNR decay (dB, 0-16 minus 48-64)", ylabel="retrieval (mean of 0-16, 16-48)",
-           title=f"Pearson r = {r:.2f}" if not math.isnan(r) else "Pearson r: n/a")
-    fig.tight_layout()
-    paths["retrieval_vs_decay"] = out / "retrieval_vs_decay.png"
-    fig.savefig(paths["retrieval_vs_decay"], dpi=120); plt.close(fig)
+        ax.annotate(t["name"], (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set_xlabel("max PSNR decay over a 64-frame rollout (dB: PSNR of the first 16-frame segment minus the last)")
+    ax.set_ylabel("retrieval rate, mean of d in 0-16 and 16-48")
+    ax.set_title(f"Retrieval vs error accumulation (paper Figure 9), {len(ok)} trials: "
+                 + (f"Pearson r = {r:.2f}" if not math.isnan(r) else "Pearson r: n/a (fewer than 2 trials with both)")
+                 + (f"\n{note}" if note else ""), fontsize=12)
+    ax.set_ylim(-0.02, 1.05)
+    ax.grid(alpha=0.3)
+    if nothing_valid:
+        _stamp(ax, note)
+    paths["retrieval_vs_decay"] = save_figure(fig, out / "retrieval_vs_decay.png")
     # [3] retrieval vs sampling cost per frame, Pareto front marked
     cost_key = "flops_per_frame" if all("flops_per_frame" in t["metrics"] for t in ok) else "sec_per_frame"
     pts = [(t["metrics"].get(cost_key, float("nan")), mean_retrieval(t["metrics"], BINS)) for t in ok]
-    front = pareto_front([p for p in pts if not any(map(math.isnan, p))]) if pts else []
-    clean = [p for p in pts if not any(map(math.isnan, p))]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    keep = [i for i, p in enumerate(pts) if not any(map(math.isnan, p))]
+    clean = [pts[i] for i in keep]
+    front = pareto_front(clean) if clean else []
+    fig, (ax,) = _figure()
     if clean:
-        ax.scatter(*zip(*clean), label="trials")
-        fx = [clean[i] for i in front]
-        ax.plot(*zip(*fx), color="red", marker="s", label="Pareto front")
-    ax.set(xlabel=cost_key.replace("_", " "), ylabel="retrieval (mean over gap bins)")
-    ax.legend(); fig.tight_layout()
-    paths["retrieval_vs_cost"] = out / "retrieval_vs_cost.png"
-    fig.savefig(paths["retrieval_vs_cost"], dpi=120); plt.close(fig)
+        ax.scatter(*zip(*clean), s=40, label="trials")
+        for i, p in zip(keep, clean):
+            ax.annotate(ok[i]["name"], p, xytext=(4, 4), textcoords="offset points", fontsize=7)
+        ax.plot(*zip(*[clean[i] for i in front]), color="red", marker="s", label="Pareto front (cheaper and better)")
+        ax.legend(fontsize=9)
+    ax.set_xlabel("FLOPs per generated frame" if cost_key == "flops_per_frame" else "seconds per generated frame")
+    ax.set_ylabel("retrieval rate, mean over the bins of d")
+    ax.set_title(f"Retrieval vs sampling cost, {len(clean)} trials" + (f"\n{note}" if note else ""), fontsize=12)
+    ax.set_ylim(-0.02, 1.05)
+    ax.grid(alpha=0.3)
+    if nothing_valid:
+        _stamp(ax, note)
+    paths["retrieval_vs_cost"] = save_figure(fig, out / "retrieval_vs_cost.png")
     return paths
 
 
@@ -217,18 +302,20 @@ def write_report(trials: list[dict], out: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tuning.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", help="sweep output folder, or mlflow:<parent_run_id>")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (for mlflow: sources)")
     ap.add_argument("--out", default=None, help="output folder (default: the sweep folder's report/)")
+    ap.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     args = ap.parse_args(argv)
     trials = load_trials(args.source, args.tracking_uri)
     if not trials:
-        raise SystemExit(f"{args.source}: no trials found")
+        raise UserError(f"{args.source}: no trials found")
     out = Path(args.out) if args.out else (Path(args.source) / "report" if not args.source.startswith("mlflow:") else Path("report"))
     for name, path in write_report(trials, out).items():
         print(f"{name}: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
