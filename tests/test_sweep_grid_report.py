@@ -28,6 +28,22 @@ def test_grid_restriction_and_errors_name_the_flag():
     assert all(c.budget <= c.memory_length for c in full) and any(c.memory == "cross_attn" for c in full)
 
 
+def test_laptop_preset_is_the_demo_recipe_on_the_laptop_grid(tmp_path):
+    from tuning.sweep_budget import SweepConfig, main
+
+    cfg = SweepConfig(preset="laptop")
+    assert cfg.grid == "laptop" and SweepConfig(preset="laptop", grid="paper").grid == "paper"
+    combos = build_grid(cfg.grid)
+    assert {c.name for c in combos} == {"prepend-m4", "prepend-m8", "prepend-m16", "prepend-m16-joint4"}
+    assert any(c.budget < c.memory_length for c in combos)              # one compressed row
+    values = cfg.resolved()
+    assert (values["lr"], values["revisit_share"], values["model_preset"]) == (1e-3, 0.9, "tiny")
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="--cases"):            # --dry-run checks --cases up front
+        main(["--preset", "laptop", "--data-dir", str(tmp_path), "--cases", str(tmp_path / "none.parquet"),
+              "--dry-run"])
+
+
 def _trial(name, memory, m, comp, budget, r, decay, flops):
     return {"name": name, "status": "ok", "error": "",
             "config": {"memory": memory, "memory_length": m, "compression": comp, "budget": budget},

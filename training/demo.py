@@ -1,20 +1,25 @@
 """The whole pipeline on the built-in maze, on CPU, in one command (what `make demo` runs).
 
-    python -m training.demo                    # runs/demo: about 10 minutes on 2 cores
+    python -m training.demo                    # runs/demo: about 15 minutes on 2 busy cores
     python -m training.demo --quick            # runs/demo-quick: a smoke run of every stage (~2 minutes)
     python -m training.demo --dry-run          # print the resolved config
 
 Stages, each resumable, and skipped on a rerun once finished (<out>/stages.json):
-  1 collect     pipeline.collect: maze episodes of the lookback agent (Ray tasks)     -> <out>/episodes
-  2 encode      pipeline.encode --encoder identity (Ray Data)                          -> <out>/latents
-  3 eval cases  pipeline.eval_cases: retrieval (and rollout) cases from the latents    -> <out>/latents/*.parquet
-  4 train       training.train: the tiny denoiser, Ray Train, 1 worker                 -> <out>/train/demo
-  5 evaluate    training.evaluate at memory --short-memory and --memory-length, paired,
-                with the calibration rows (ground truth, copy, last frame, other episode) -> <out>/eval
+  1 collect     pipeline.collect: maze episodes of the lookback agent (Ray actors), for
+                training (seed --seed) and held out for evaluation (seed --seed + 1)  -> <out>/episodes, <out>/heldout
+  2 encode      pipeline.encode --encoder identity (Ray Data)                          -> <out>/latents, <out>/heldout-latents
+  3 eval cases  pipeline.eval_cases --kinds exact on the held-out episodes: exact revisits (the agent looks away and
+                back, so the revisit frame equals a frame d steps earlier), binned by d -> <out>/heldout-latents
+  4 train       training.train: the tiny denoiser, Ray Train, 1 worker, memory dropout -> <out>/train/demo
+  5 evaluate    training.evaluate of the one model at memory --short-memory and --memory-length, paired on the same
+                cases and noise, beside the calibration rows (ground truth, copy from memory, last frame, another
+                episode)                                                               -> <out>/eval
 Everything is logged to one MLflow store, <out>/mlflow.db (artifacts in <out>/mlartifacts).
 
-At this scale (a 0.2M-parameter denoiser, 150 steps, 16x16 frames) the model has barely learned:
-the figures show the pipeline works end to end, not the paper's results.
+The question the final table answers (paper Sec. 5, Table 1): where only the longer memory holds the last sighting
+of the revisited view (short memory < d <= memory length), does the long memory retrieve it more often than the
+short one on the same cases? And where neither holds it (d > memory length), is the model no better than the
+baselines that need no memory? See docs/results.md for what was measured.
 """
 from __future__ import annotations
 
@@ -25,11 +30,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
 
 # --quick overrides these fields (only where the command line left the default).
-QUICK = dict(out="runs/demo-quick", episodes=4, length=128, batch_size=4, memory_length=8, window=4,
-             train_steps=12, eval_cases=1, rollout_cases=0, eval_steps=4, probe_steps=30)
+QUICK = dict(out="runs/demo-quick", episodes=4, heldout_episodes=4, length=128, batch_size=4, memory_length=8,
+             window=4, train_steps=12, eval_cases=1, rollout_cases=0, eval_steps=4)
 STAGES = ("collect", "encode", "eval_cases", "train", "evaluate")
 
 
@@ -37,21 +42,23 @@ STAGES = ("collect", "encode", "eval_cases", "train", "evaluate")
 class DemoConfig:
     out: str = field("runs/demo", "output folder of every stage, and the MLflow store")
     quick: bool = field(False, f"tiny sizes for a smoke test: {QUICK}")
-    episodes: int = field(16, "maze episodes to collect (revisit agent)")
+    episodes: int = field(200, "maze episodes to train on (lookback agent; rendering 8x8 frames takes seconds)")
+    heldout_episodes: int = field(60, "held-out maze episodes (another seed) the evaluation cases are drawn from")
     length: int = field(300, "frames per episode")
-    resolution: int = field(16, "frame size in pixels (square); 32 costs ~5x per step (spatial attention)")
+    resolution: int = field(8, "frame size in pixels (square); 16 costs ~5x per step (spatial attention)")
     maze_size: int = field(9, "maze grid size in cells (odd)")
     memory: str = field("prepend", "memory structure of the denoiser", choices=["none", "prepend", "concat", "cross_attn"])
     memory_length: int = field(16, "memory frames m")
     short_memory: int = field(4, "the same model is also evaluated with only this many memory frames (paired)")
     window: int = field(8, "current window w")
     batch_size: int = field(8, "clips per training step")
-    train_steps: int = field(150, "optimizer steps")
-    lr: float = field(5e-4, "Adam learning rate")
-    eval_cases: int = field(12, "memory retrieval cases per gap bin and case kind (room / exact revisits)")
+    train_steps: int = field(2500, "optimizer steps")
+    lr: float = field(1e-3, "Adam learning rate")
+    eval_cases: int = field(150, "exact-revisit cases per bin of d (0-16, 16-48, 48-112): about 110 fall where only the long memory holds the source")
     rollout_cases: int = field(2, "64-frame rollouts for PSNR by segment (0 = skip)")
+    revisit_share: float = field(0.9, "share of training windows placed just before an exact revisit in reach")
+    memory_dropout: float = field(0.5, "share of training windows whose memory keeps only its last k frames")
     eval_steps: int = field(8, "denoising steps per AR step when sampling")
-    probe_steps: int = field(300, "optimizer steps of the scene probe at most")
     seed: int = field(0, "seed of every stage")
 
     def __post_init__(self) -> None:
@@ -60,8 +67,8 @@ class DemoConfig:
             for name, value in QUICK.items():
                 if getattr(self, name) == defaults[name]:
                     setattr(self, name, value)
-        for name in ("episodes", "length", "resolution", "memory_length", "window", "batch_size", "train_steps",
-                     "eval_cases", "eval_steps", "probe_steps"):
+        for name in ("episodes", "heldout_episodes", "length", "resolution", "memory_length", "window", "batch_size",
+                     "train_steps", "eval_cases", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
         if not 0 <= self.short_memory < self.memory_length:
@@ -99,30 +106,37 @@ class Stages:
 def collect(cfg: DemoConfig) -> dict:
     from pipeline.collect import CollectConfig, run_collect
 
-    out = run_collect(CollectConfig(env="maze", agent="lookback", episodes=cfg.episodes, length=cfg.length,
-                                    resolution=cfg.resolution, maze_size=cfg.maze_size, seed=cfg.seed,
-                                    out=str(cfg.root / "episodes"), workers=2,
-                                    episodes_per_shard=max(1, cfg.episodes // 2)))
-    if out["failed"]:
-        raise RuntimeError(f"collect: shards {out['failed']} failed (see {cfg.root / 'episodes'}/failures.jsonl); "
-                           f"rerun the same command to retry them")
-    return {"dir": out["out"], "frames_per_sec": round(out["frames_per_sec"], 1)}
+    dirs = {}
+    for name, episodes, seed in (("episodes", cfg.episodes, cfg.seed), ("heldout", cfg.heldout_episodes, cfg.seed + 1)):
+        out = run_collect(CollectConfig(env="maze", agent="lookback", episodes=episodes, length=cfg.length,
+                                        resolution=cfg.resolution, maze_size=cfg.maze_size, seed=seed,
+                                        out=str(cfg.root / name), workers=2,
+                                        episodes_per_shard=max(1, episodes // 2)), progress=True)
+        if out["failed"]:
+            raise RuntimeError(f"collect: shards {out['failed']} failed (see {cfg.root / name}/failures.jsonl); "
+                               f"rerun the same command to retry them")
+        dirs[name] = out["out"]
+    return {"dir": dirs["episodes"], "heldout_dir": dirs["heldout"]}
 
 
 def encode(cfg: DemoConfig) -> dict:
     from pipeline.encode import EncodeConfig, run_encode
 
-    report = run_encode(EncodeConfig(in_dir=str(cfg.root / "episodes"), out_dir=str(cfg.root / "latents"),
-                                     encoder="identity", backend="ray", workers=1))
-    return {"dir": str(cfg.root / "latents"), "rows": report["rows_in_out_manifest"]}
+    rows = {}
+    for src, dst in (("episodes", "latents"), ("heldout", "heldout-latents")):
+        report = run_encode(EncodeConfig(in_dir=str(cfg.root / src), out_dir=str(cfg.root / dst),
+                                         encoder="identity", backend="ray", workers=1))
+        rows[dst] = report["rows_in_out_manifest"]
+    return {"dir": str(cfg.root / "latents"), "heldout_dir": str(cfg.root / "heldout-latents"), "rows": rows}
 
 
 def eval_cases(cfg: DemoConfig) -> dict:
+    """Exact revisits of the held-out episodes: judged on pixels (SSIM / nearest view), so no scene probe."""
     from pipeline.eval_cases import build_eval_cases, build_rollout_cases
 
-    latents = cfg.root / "latents"
+    latents = cfg.root / "heldout-latents"
     cases = build_eval_cases(latents, cases_per_bin=cfg.eval_cases, max_memory=112, horizon=cfg.window,
-                             seed=cfg.seed, window=cfg.window)
+                             seed=cfg.seed, window=cfg.window, kinds=["exact"])
     rollouts = build_rollout_cases(latents, num_cases=cfg.rollout_cases, seed=cfg.seed) if cfg.rollout_cases else None
     return {"cases": str(cases), "rollout_cases": str(rollouts) if rollouts else ""}
 
@@ -134,6 +148,7 @@ def train_config(cfg: DemoConfig):
     return TrainConfig(data_dir=str(cfg.root / "latents"), out_dir=str(cfg.root / "train"), name="demo",
                        preset="tiny", memory=cfg.memory, memory_length=cfg.memory_length, budget=cfg.memory_length,
                        window=cfg.window, batch_size=cfg.batch_size, steps=cfg.train_steps, lr=cfg.lr,
+                       revisit_share=cfg.revisit_share, memory_dropout=cfg.memory_dropout,
                        seed=cfg.seed, log_every=max(1, cfg.train_steps // 15),
                        checkpoint_every=max(1, cfg.train_steps // 3), backend="ray", num_workers=1,
                        tracking_uri=default_tracking_uri(cfg.root), experiment="memvid-demo")
@@ -152,11 +167,11 @@ def evaluate(cfg: DemoConfig, checkpoint: str, rollout_cases: str) -> dict:
     from training.tracking import default_tracking_uri
 
     metrics = run_evaluation(EvalConfig(
-        checkpoint=str(Path(checkpoint).parent), cases=str(cfg.root / "latents" / "eval_cases.parquet"),
+        checkpoint=str(Path(checkpoint).parent), cases=str(cfg.root / "heldout-latents" / "eval_cases.parquet"),
         memory_lengths=sorted({cfg.short_memory, cfg.memory_length}),
         rollout_cases=rollout_cases, out_dir=str(cfg.root / "eval"), steps=cfg.eval_steps,
-        num_rollout_cases=cfg.rollout_cases, batch_size=4, num_videos=2, device="cpu", seed=cfg.seed,
-        probe_max_steps=cfg.probe_steps, tracking_uri=default_tracking_uri(cfg.root), experiment="memvid-demo"))
+        num_rollout_cases=cfg.rollout_cases, batch_size=4, num_videos=6, device="cpu", seed=cfg.seed,
+        tracking_uri=default_tracking_uri(cfg.root), experiment="memvid-demo"))
     return {"dir": str(cfg.root / "eval"), "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
@@ -170,11 +185,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     stages = Stages(cfg.root)
     import ray
 
+    from pipeline.console import start_ray
+
     # More logical CPUs than cores: training workers and Ray Data reads must not starve each other (stack-facts 2b).
-    started = False
-    if any(s not in stages.done for s in STAGES[:4]) and not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
-        started = True
+    started = any(s not in stages.done for s in STAGES[:4]) and start_ray(num_cpus=4)
     try:
         stages.run("collect", lambda: collect(cfg))
         stages.run("encode", lambda: encode(cfg))
@@ -187,17 +201,46 @@ def run_demo(cfg: DemoConfig) -> dict:
     return stages.done
 
 
+def _round(value):
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def summary(cfg: DemoConfig, done: dict) -> str:
-    uri = f"sqlite:///{cfg.root / 'mlflow.db'}"
+    from training.tracking import default_tracking_uri, experiment_id_of, ui_instructions
+
+    uri = default_tracking_uri(cfg.root)
     lines = [f"[demo] finished in {sum(s.get('seconds', 0) for s in done.values()):.0f} s of stage time. Results:",
              f"  episodes      {done['collect']['dir']}",
              f"  latents       {done['encode']['dir']} (eval cases: {done['eval_cases']['cases']})",
-             f"  checkpoint    {done['train']['checkpoint']} (final loss {done['train']['final_loss']})",
+             f"  checkpoint    {done['train']['checkpoint']} (final loss {_round(done['train']['final_loss'])})",
              f"  evaluation    {done['evaluate']['dir']}/results.md, results.json, videos (GIF/MP4), plots (PNG)",
              f"  MLflow        experiment 'memvid-demo', run {done['train']['mlflow_run_id']} (training + evaluation)",
-             f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri} --port 5000   (then http://127.0.0.1:5000)",
-             "A tiny model trained for minutes: the figures show the pipeline runs, not the paper's results."]
-    return "\n".join(lines)
+             ui_instructions(uri, experiment_id_of(uri, "memvid-demo"))]
+    return "\n".join(lines + headline(Path(done["evaluate"]["dir"])))
+
+
+def headline(eval_dir: Path) -> list[str]:
+    """The memory bottleneck in one table (rates by which memory holds the last sighting), the paired test of the
+    long vs the short memory, and one retrieved and one missed case as GIFs."""
+    from training.eval_report import coverage_rank, coverage_table
+
+    path = eval_dir / "results.json"
+    if not path.exists():
+        return []
+    results = json.loads(path.read_text())
+    lines = ["", *coverage_table(results)]
+    for pair in results.get("paired", []):
+        for group, s in sorted(pair.get("by_coverage", {}).get("exact", {}).items(), key=lambda g: coverage_rank(g[0])):
+            lines.append(f"Paired {pair['a']} vs {pair['b']}, {group}: {s['n']} cases, {s['a_only']} retrieved only "
+                         f"by {pair['a']}, {s['b_only']} only by {pair['b']}, McNemar p = {s['p']:.2g}")
+    short, long = min(results["memory_lengths"]), max(results["memory_lengths"])
+    for outcome in ("retrieved", "missed"):  # prefer a case that only the long memory holds
+        gifs = sorted(eval_dir.glob(f"retrieval*-{outcome}.gif"),
+                      key=lambda g: not short < int(g.stem.split("-d")[-1].split("-")[0]) <= long)
+        if gifs:
+            lines.append(f"A {outcome} case at memory {long} (memory | generated | ground truth): {gifs[0]}")
+    lines.append("Measured figures and what they mean: docs/results.md.")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,4 +253,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,6 +1,6 @@
 """Evaluate a trained denoiser on the saved evaluation cases (paper Sec. 5 Tables 1-2, App. H Tables 3-4).
 
-    python -m training.evaluate --checkpoint runs/train/tiny-prepend-m16-none-w16-s0/local/checkpoint_00001000 \
+    python -m training.evaluate --checkpoint runs/train/tiny-prepend-m16-none-w16-s0/local/checkpoint_00001000 \\
         --cases runs/demo/latents/eval_cases.parquet --out-dir runs/eval
     python -m training.evaluate --checkpoint ... --memory-lengths 4 16      # one model at two memory lengths, paired
     python -m training.evaluate --oracle copy --memory-lengths 16 --cases data/maze/eval_cases.parquet  # no model
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cli import field, parse_config, to_json
+from pipeline.cli import field, parse_config, run_cli, to_json
 from training import judges as J
 from training import metrics as M
-from training.eval_report import _json_safe, plot_results, results_markdown, save_videos, to_pixels
+from training.eval_report import _json_safe, plot_results, results_markdown, save_videos, summary_texts, to_pixels
+from training.tracking import portable
 
 SAMPLERS = ("outpainting", "fifo", "df_pyramid", "df_chunked")
 BINS = ("0-16", "16-48", "48-112")
@@ -184,10 +185,12 @@ class _Counted:
 
 
 def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device,
-             memory_length: int) -> tuple[list[np.ndarray], float, int]:
+             memory_length: int, desc: str = "generate") -> tuple[list[np.ndarray], float, int]:
     """Generate every case's frames with the model's memory cut to `memory_length` frames; returns (per-case
     (n,C,H,W) arrays, sampling seconds, clip-calls: (one clip) x (one denoiser call) evaluations, so FLOPs =
-    clip_calls * FLOPs of one window). Case i's noise comes from its own generator (seed, i) alone."""
+    clip_calls * FLOPs of one window). Case i's noise comes from its own generator (seed, i) alone. Progress
+    (cases done, rate, ETA) shows as `desc`."""
+    from pipeline.console import progress
     from training.sampler import sample
 
     L = memory_length if model_cfg.memory != "none" else 0
@@ -198,6 +201,7 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
         groups.setdefault((min(int(c.memory_mask.sum()), L), len(c.actions)), []).append(i)
     seconds = 0.0
     counted = _Counted(net)
+    bar = progress(len(cases), desc, unit="case")
 
     for (m0, n), idx in sorted(groups.items()):
         for j in range(0, len(idx), cfg.batch_size):
@@ -217,6 +221,8 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
             seconds += time.perf_counter() - t0
             for i, xi in zip(part, x.float().cpu().numpy()):
                 out[i] = xi
+            bar.update(len(part))
+    bar.close()
     return out, seconds, counted.calls
 
 
@@ -364,8 +370,9 @@ def _evaluate(cfg: EvalConfig) -> dict:
     # [2] scene probe (trained once per data folder, then reused)
     probe_dir = Path(cfg.probe_data) if cfg.probe_data else cases_path.parent
     probe, report = None, None
-    try:
-        probe, report = load_or_train_probe(probe_dir, probe_settings(cfg), device=device)
+    try:  # only room-revisit cases are judged by the probe; exact revisits are judged on pixels
+        if any(c.kind == "revisit" for c in cases):
+            probe, report = load_or_train_probe(probe_dir, probe_settings(cfg), device=device)
     except ValueError as e:  # no scene labels in this dataset: revisit cases are not judged, exact cases still are
         print(f"[evaluate] scene probe unavailable: {e}", flush=True)
     heads = report.judge_heads if report else []
@@ -377,7 +384,8 @@ def _evaluate(cfg: EvalConfig) -> dict:
             gens[name] = J.oracle_frames(cases, cfg.oracle, L)
         else:
             print(f"[evaluate] {len(cases)} retrieval cases at memory {L}, {schedule.describe()}, {device}", flush=True)
-            gens[name], sec, calls = generate(net, model_cfg, cases, schedule, diffusion, cfg, device, L)
+            gens[name], sec, calls = generate(net, model_cfg, cases, schedule, diffusion, cfg, device, L,
+                                              desc=f"evaluate m={L}")
             cost = {"seconds": sec, "calls": calls, "frames": sum(len(c.actions) for c in cases)}
         rows[name] = J.judge_cases(cases, gens[name], probe, heads)
         if net is not None:
@@ -387,7 +395,8 @@ def _evaluate(cfg: EvalConfig) -> dict:
     calib = calibration_rows(cases_path, cases, lengths, probe, report, len(cases)) if cfg.calibration else {}
     psnr, sec_b, calls_b, gen_rolls = {s: math.nan for s in M.SEGMENTS}, 0.0, 0, []
     if rollouts:
-        gen_rolls, sec_b, calls_b = generate(net, model_cfg, rollouts, schedule, diffusion, cfg, device, lengths[-1])
+        gen_rolls, sec_b, calls_b = generate(net, model_cfg, rollouts, schedule, diffusion, cfg, device, lengths[-1],
+                                             desc="rollouts")
         psnr = score_rollouts(rollouts, gen_rolls)
     # [4] summaries, paired comparisons, headline metrics
     main_name = list(rows)[-1]                          # the longest memory
@@ -396,6 +405,8 @@ def _evaluate(cfg: EvalConfig) -> dict:
     pairs = [{"a": main_name, "b": name, "by_bin": J.paired(rows[main_name], rows[name]),
               "by_coverage": J.paired(rows[main_name], rows[name], J.coverage_groups(lengths[-1], L))}
              for name, L in zip(list(rows)[:-1], lengths)]
+    groups = J.coverage_groups(lengths[-1], lengths[0]) if len(lengths) > 1 else {}
+    coverage = {name: J.rates_by_group(r, groups) for name, r in {**rows, **calib}.items()} if groups else {}
     probe_valid = bool(report and report.valid)
     judged_ok = valid or {k: {b: True for b in BINS} for k in ("revisit", "exact")}
     calibration = {}
@@ -416,10 +427,11 @@ def _evaluate(cfg: EvalConfig) -> dict:
     # [5] write and log
     results = {"metrics": metrics, "probe_valid": probe_valid, "checkpoint": _relative(state["_path"], out_dir),
                "step": state.get("step", 0), "model_config": asdict(model_cfg) if model_cfg else {},
-               "config": asdict(cfg), "device": str(device), "cases_file": _relative(str(cases_path), out_dir),
+               "config": portable(asdict(cfg), out_dir), "device": str(device), "cases_file": _relative(str(cases_path), out_dir),
                "num_retrieval_cases": len(cases), "num_rollout_cases": len(rollouts), "memory_lengths": lengths,
                "probe": asdict(report) if report else {}, "rows": {n: summaries[n] for n in summaries},
                "model_rows": list(rows), "judge_valid": valid, "paired": pairs, "cases": rows[main_name],
+               "coverage": coverage,
                "calibration": calibration, "denoising_error": loss_by_coverage(errors, cases, lengths),
                "schedule": schedule.describe() if net is not None else cfg.oracle}
     from pipeline.shards import write_json_atomic
@@ -428,8 +440,9 @@ def _evaluate(cfg: EvalConfig) -> dict:
     md = results_markdown(results)
     (out_dir / ".results.md.tmp").write_text(md)
     (out_dir / ".results.md.tmp").replace(out_dir / "results.md")
-    videos = save_videos(cases, gens[main_name], rows[main_name], out_dir, "retrieval", cfg.num_videos)
-    videos += save_videos(rollouts, gen_rolls, [], out_dir, "rollout", min(cfg.num_videos, 2))
+    videos = save_videos(cases, gens[main_name], rows[main_name], out_dir, "retrieval", cfg.num_videos,
+                         generator=main_name)
+    videos += save_videos(rollouts, gen_rolls, [], out_dir, "rollout", min(cfg.num_videos, 2), generator=main_name)
     figs = plot_results(results, psnr)
     from training.media import save_figure
 
@@ -496,26 +509,42 @@ def log_to_mlflow(cfg, state, train_cfg, out_dir: Path, metrics, videos, figs) -
     run = start_or_resume_run(uri, train_cfg.get("experiment", cfg.experiment), f"eval-{Path(state['_path']).name}",
                               run_id=run_id, if_missing="create", tags={"evaluated_checkpoint": state["_path"]})
     step = int(state.get("step", 0))
-    run.log_metrics({k: (float(v) if not isinstance(v, bool) else float(v)) for k, v in metrics.items()}, step=step)
-    run.log_config({"eval": asdict(cfg)}, artifact_file="eval/eval_config.json")
-    for name in ("results.json", "results.md"):
-        run.log_file(out_dir / name, "eval")
-    for frames, name in videos:
-        run.log_gif_and_mp4(frames, f"eval/videos/{name}")
-    for name, fig in figs.items():
-        run.log_figure_png(fig, f"eval/plots/{name}")
+    try:
+        # measured once per evaluation: a summary (tags + summary.json), not one-point metric charts
+        run.log_summary({**metrics, "evaluated_step": step}, {**summary_texts(metrics), "evaluated_step": str(step)})
+        run.log_config({"eval": asdict(cfg)}, artifact_file="eval/eval_config.json")
+        for name in ("results.json", "results.md"):
+            run.log_file(out_dir / name, "eval")
+        for frames, name in videos:
+            run.log_gif_and_mp4(frames, f"eval/videos/{name}")
+        for name, fig in figs.items():
+            run.log_figure_png(fig, f"eval/plots/{name}")
+    except BaseException as e:  # the run ends FAILED (KILLED on Ctrl-C/SIGTERM), never left RUNNING by us
+        if previous != "RUNNING":
+            run.end_with(e, "evaluate: ", only_if_running=False)
+        raise
     if previous != "RUNNING":  # a training run still in progress stays RUNNING
         run.end(previous if previous in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
     return run.run_id
 
 
+def _check_cli(cfg: EvalConfig) -> None:
+    """What only the command line requires (a sweep builds EvalConfigs without a checkpoint, for the probe)."""
+    if not cfg.checkpoint and not cfg.oracle:
+        raise ValueError("--checkpoint is required: a checkpoint folder, its checkpoint.pt, or a training run "
+                         "folder (or --oracle NAME with --cases to score an oracle)")
+
+
 def main(argv: list[str] | None = None) -> None:
-    cfg, dry_run = parse_config(EvalConfig, argv, description=__doc__)
+    cfg, dry_run = parse_config(EvalConfig, argv, description=__doc__, check=_check_cli)
     print(to_json(cfg), flush=True)
     if dry_run:
         return
+    from training.tracking import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # SIGTERM while logging ends the MLflow run KILLED, as Ctrl-C does
     run_evaluation(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -151,6 +151,17 @@ def summarise(rows: Sequence[dict]) -> dict:
     return out
 
 
+def rates_by_group(rows: Sequence[dict], groups: dict[str, tuple[int, int]]) -> dict:
+    """{kind: {group: rate_summary}} over the judged rows, grouped by d (lo < d <= hi), e.g. coverage_groups."""
+    out: dict = {}
+    for kind in KINDS:
+        mine = [r for r in rows if r["kind"] == kind and r["retrieved"] is not None]
+        if mine:
+            out[kind] = {g: M.rate_summary([r["retrieved"] for r in mine if lo < r["d"] <= hi])
+                         for g, (lo, hi) in groups.items()}
+    return out
+
+
 def pooled_rate(rows: Sequence[dict], bin_name: str, kinds: Sequence[str]) -> dict:
     """rate_summary over the judged rows of `kinds` in one bin of d."""
     return M.rate_summary([r["retrieved"] for r in rows if r["kind"] in kinds and r["bin"] == bin_name

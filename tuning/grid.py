@@ -2,7 +2,9 @@
 
 `paper` is the set the paper ran (Table 1): prepend and channel concat with uncompressed memory of 16/48/112
 frames, and memory 48 compressed to budgets 8/16/32/48 (joint for prepend, modulated for concat, App. G).
-`full` is every combination of the flags' values. Flags restrict either grid.
+`laptop` is what two CPU cores can train in an hour on 8x8 maze frames (`--preset laptop`): prepend with memory
+4, 8 and 16, and memory 16 compressed to 4 frames (joint). `full` is every combination of the flags' values.
+Flags restrict any grid.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ STRUCTURES = ("prepend", "concat", "cross_attn")
 COMPRESSIONS = ("none", "joint", "modulated")
 MEMORY_LENGTHS = (16, 48, 112)
 BUDGETS = (8, 16, 32, 48)
-GRIDS = ("paper", "full")
+GRIDS = ("paper", "laptop", "full")
 # App. G: "the prepending and channel concatenation structures respectively adopt the joint compression and
 # modulated compression"; cross attention is paired with joint in the full grid only.
 PAPER_COMPRESSION = {"prepend": "joint", "concat": "modulated", "cross_attn": "joint"}
@@ -38,6 +40,10 @@ def paper_grid() -> list[Combo]:
         combos += [Combo(s, m, "none", m) for m in MEMORY_LENGTHS]
         combos += [Combo(s, 48, PAPER_COMPRESSION[s], b) for b in BUDGETS]
     return combos
+
+
+def laptop_grid() -> list[Combo]:
+    return [Combo("prepend", m, "none", m) for m in (4, 8, 16)] + [Combo("prepend", 16, "joint", 4)]
 
 
 def full_grid() -> list[Combo]:
@@ -67,7 +73,7 @@ def build_grid(grid: str, structures=(), memory_lengths=(), compressions=(), bud
     if too_big and set(compressions) != {"none"}:
         raise ValueError(f"--budgets {too_big}: above the longest memory length ({longest}), so there is nothing to "
                          f"compress; use budgets <= --memory-lengths")
-    combos = paper_grid() if grid == "paper" else full_grid()
+    combos = {"paper": paper_grid, "laptop": laptop_grid, "full": full_grid}[grid]()
     if grid == "full" and memory_lengths:  # full grid: new lengths/budgets are allowed, paper grid only filters
         combos = [Combo(s, m, c, b) for s, m, c in itertools.product(STRUCTURES, memory_lengths, COMPRESSIONS)
                   for b in ([m] if c == "none" else (budgets or BUDGETS)) if b <= m]
