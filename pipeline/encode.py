@@ -163,15 +163,21 @@ def _footer_problem(path: Path, entry: dict | None) -> tuple[str | None, pq.File
     return None, meta
 
 
+def input_files(in_dir: Path) -> list[Path]:
+    """The episode shards of --in; FileNotFoundError naming the folder when there are none."""
+    files = sorted(in_dir.glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"--in {in_dir}: no shard-*.parquet files; collect first "
+                                f"(python -m pipeline.collect --out {in_dir})")
+    return files
+
+
 def plan(cfg: EncodeConfig, out: Manifest) -> tuple[list[InputShard], list[Path], list[dict]]:
     """(todo, already done, quarantined) input shards, from their footers; bad inputs are moved to
     <in>/quarantine/ here (and those whose pages or checksums fail when read, later). Raises SchemaError, before
     any work, naming the shards that have no checksum at all (neither row checksums nor a manifest entry)."""
     in_dir = Path(cfg.in_dir)
-    files = sorted(in_dir.glob("shard-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"--in {in_dir}: no shard-*.parquet files; collect first "
-                                f"(python -m pipeline.collect --out {in_dir})")
+    files = input_files(in_dir)
     in_manifest = Manifest(in_dir).shards
     todo, done, bad, unverifiable = [], [], [], []
     for path in files:
@@ -383,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, dry_run = parse_config(EncodeConfig, argv, description=__doc__)
     print(to_json(cfg), flush=True)
     if dry_run:
+        input_files(Path(cfg.in_dir))  # what the real run would fail on at once
         return 0
     report = run_encode(cfg)
     if report["quarantined"]:

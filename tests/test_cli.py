@@ -29,6 +29,10 @@ MISTAKES = [
     ("tuning.sweep_budget", "--data-dir {missing} --out {tmp}/sweep --dry-run", "--data-dir {missing}"),
     ("tuning.sweep_budget", "--data-dir {missing} --out {tmp}/sweep", "--data-dir {missing}"),
     ("tuning.report", "{missing}", "{missing}"),
+    # --dry-run stops where the real run would stop at once
+    ("pipeline.encode", "--dry-run --in-dir {missing} --out-dir {tmp}/out", "{missing}"),
+    ("training.train", "--dry-run --data-dir {missing}", "--data-dir {missing}"),
+    ("training.evaluate", "--dry-run --checkpoint {missing}", "{missing}"),
 ]
 
 
@@ -91,3 +95,18 @@ def test_run_cli_tells_mistakes_from_bugs(capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(lambda argv: 1, [])
     assert e.value.code == 1
+
+
+def test_dry_run_fails_where_the_real_run_would_fail_at_once(tmp_path):
+    """--dry-run of training checks the data and builds the model on its shape: exit 2 naming the flags, and 0
+    for a config that can train."""
+    from test_train import make_latents
+
+    data = make_latents(tmp_path / "latents")
+    base = (f"--dry-run --data-dir {data} --out-dir {tmp_path}/out --backend local --window 4 --memory-length 4 "
+            "--budget 4")
+    bad, _ = _run("training.train", base + " --memory none --compression joint", tmp_path)
+    assert bad.returncode == 2 and "--compression" in bad.stderr and "Traceback" not in bad.stderr
+    good, _ = _run("training.train", base, tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert not (tmp_path / "out").exists()                          # a dry run writes nothing

@@ -538,7 +538,9 @@ def _check_cli(cfg: EvalConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     cfg, dry_run = parse_config(EvalConfig, argv, description=__doc__, check=_check_cli)
     print(to_json(cfg), flush=True)
-    if dry_run:
+    if dry_run:  # what the real run would fail on at once: the checkpoint and the cases
+        state = {} if cfg.oracle else load_model(cfg.checkpoint, cfg.weights)[2]
+        resolve_cases(cfg, state)
         return
     from training.tracking import sigterm_as_interrupt
 

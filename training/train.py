@@ -343,6 +343,33 @@ def check_training_data(cfg: TrainConfig) -> None:
                          f"longest has {longest}); lower --window or collect longer episodes (pipeline.collect --length)")
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Everything that can be checked without training, before Ray starts (and by --dry-run): the data can feed
+    the config, and the model config is valid and runs one forward pass on the data's shape (on torch's `meta`
+    device: shapes only, no memory, no compute). Errors name the flag."""
+    import re
+
+    from training.models import build_denoiser
+
+    check_training_data(cfg)
+    channels, resolution = latent_shape(cfg.data_dir)
+    b, w = 1, cfg.window
+    try:
+        mc = model_config(cfg, channels, resolution)
+        with torch.device("meta"):
+            net = build_denoiser(mc)
+            memory = {} if mc.memory == "none" else dict(
+                mem_x=torch.empty(b, mc.memory_length, channels, resolution, resolution),
+                mem_actions=torch.zeros(b, mc.memory_length, dtype=torch.long),
+                mem_mask=torch.ones(b, mc.memory_length, dtype=torch.bool))
+            net(torch.empty(b, w, channels, resolution, resolution), torch.empty(b, w),
+                torch.zeros(b, w, dtype=torch.long), **memory)
+    except (ValueError, RuntimeError) as e:  # name the flags, not the dataclass fields
+        message = re.sub(r"ModelConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        raise ValueError(f"--preset {cfg.preset} --memory {cfg.memory} --compression {cfg.compression} on "
+                         f"{resolution}x{resolution} data: this model cannot run: {message}") from e
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train (resuming if this run has checkpoints); returns {"checkpoint", "mlflow_run_id", "metrics"}.
 
@@ -351,7 +378,7 @@ def run_training(cfg: TrainConfig) -> dict:
     (one line: path and cause) when a checkpoint cannot be written. The MLflow run always ends with its true
     status: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
     """
-    check_training_data(cfg)  # fail early, before Ray starts and before any MLflow run, on data that cannot fit
+    check_config(cfg)  # fail early, before Ray starts and before any MLflow run, on data or models that cannot fit
     if cfg.backend == "local" and cfg.num_workers != 1:
         raise ValueError(f"--num-workers {cfg.num_workers} needs --backend ray (the local backend is one process)")
     # [1] The run's latest checkpoint, resolved once here; the workers resume from the same record. Partial
@@ -467,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, dry_run = parse_config(TrainConfig, argv, description=__doc__)
     print(to_json(cfg), flush=True)
     if dry_run:
+        check_config(cfg)  # what the real run would fail on at once
         return
     from training.tracking import sigterm_as_interrupt
 
