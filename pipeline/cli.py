@@ -134,11 +134,36 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
         print(f"{program_name().removeprefix('python -m ')}: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        if "--debug" in argv or not _is_user_error(e):
+        lost = _lost_ray_process(e)
+        if "--debug" in argv or not (lost or _is_user_error(e)):
             raise
+        if lost:  # a killed worker or a lost node: what finished is kept (every stage resumes), so say rerun
+            print(f"{program_name().removeprefix('python -m ')}: error: a Ray worker or node was lost ({lost}); what "
+                  f"finished is kept: rerun the same command to finish", file=sys.stderr)
+            sys.exit(1)
         print(f"{program_name().removeprefix('python -m ')}: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+# Ray's errors for a process or node that died under a task (read by name: this module does not import Ray).
+LOST_RAY_PROCESS = {"ActorDiedError", "NodeDiedError", "WorkerCrashedError", "ActorUnavailableError",
+                    "OwnerDiedError", "ObjectLostError"}
+
+
+def _lost_ray_process(e: BaseException) -> str:
+    """The name of the Ray error in `e`'s chain (causes, contexts, a task error's cause) that says a worker or node
+    died, else ''."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {k.__name__ for k in type(e).__mro__} & LOST_RAY_PROCESS
+        if type(e).__name__ == "UnserializableException":  # an error Ray could not ship back: only its text is left
+            names = {n for n in LOST_RAY_PROCESS if n in str(e)}
+        if names:
+            return sorted(names)[0]
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return ""
 
 
 def to_json(config: Any) -> str:

@@ -110,3 +110,31 @@ def test_dry_run_fails_where_the_real_run_would_fail_at_once(tmp_path):
     good, _ = _run("training.train", base, tmp_path)
     assert good.returncode == 0, good.stderr
     assert not (tmp_path / "out").exists()                          # a dry run writes nothing
+
+
+def test_a_lost_ray_worker_says_rerun_in_one_line(capsys):
+    """A node lost under Ray Data (the chaos suite's encode-node case) is not a traceback: one line, status 1."""
+    from ray.exceptions import ActorDiedError
+
+    def lost(argv):
+        try:
+            raise ActorDiedError()
+        except ActorDiedError as e:
+            raise RuntimeError("listing the input files failed") from e   # how Ray Data wraps it
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lost, [])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(err) == 1
+    assert "ActorDiedError" in err[0] and "rerun the same command" in err[0]
+    with pytest.raises(RuntimeError):                               # --debug keeps the traceback
+        run_cli(lost, ["--debug"])
+
+    from ray.exceptions import UnserializableException
+
+    def unshippable(argv):                                          # what a lost FooterReader actor raised
+        raise UnserializableException("ray.exceptions.ActorDiedError: The actor died unexpectedly")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(unshippable, [])
+    assert stop.value.code == 1 and "ActorDiedError" in capsys.readouterr().err
