@@ -21,29 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import make_latents, tiny_config
+from test_train import data, make_latents, one_thread, out, tiny_config  # noqa: F401 (shared fixtures)
 from training import checkpoint as ckpt
 from training.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_latents(tmp_path_factory.mktemp("latents"))
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("out")
 
 
 @pytest.fixture(scope="module")
