@@ -29,6 +29,7 @@ demo: install
 	$(VENV)/bin/python -m training.demo
 
 test: install install-minerl
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q --durations=15
 	$(MINERL_VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=5 tests/with_minerl
 

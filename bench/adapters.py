@@ -8,7 +8,8 @@ bare DMLab step   = what any caller must do per action: lab.step(np.intc action,
 adapter step      = envs.dmlab.DMLabEnv.step(a): the same plus pose/info assembly and error wrapping.
 bare MineRL step  = fake_env.step(action dict) (real MineRL translation + handlers, scripted Malmo data).
 adapter step      = envs.minecraft.MinecraftEnv.step(a): the same plus action dict copy, pose conversion.
-Floor (issue 4): adapter / bare <= 1.05. Min CPU time of `repeats` interleaved runs of `steps` steps each, same\naction sequence.
+Floor (issue 4): adapter / bare <= 1.05. Min CPU time of `repeats` interleaved runs of `steps` steps each, same
+action sequence.
 """
 from __future__ import annotations
 
@@ -112,8 +113,8 @@ def bench_minecraft(steps: int, repeats: int, resolution: int) -> tuple[float, f
     factory = "tests.with_minerl.fake_minerl:make_fake"
     acts = np.random.default_rng(0).integers(0, 3, steps)
     env = MinecraftEnv(resolution=resolution, engine_factory=factory)
-    from tests.with_minerl.fake_minerl import make_fake
     from envs.minecraft_spec import ExploreSpec
+    from tests.with_minerl.fake_minerl import make_fake
 
     engine = make_fake(ExploreSpec(resolution))
     commands = env._engine_actions

@@ -30,9 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -44,7 +44,7 @@ ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THR
        "MLFLOW_ENABLE_ASYNC_LOGGING": "false", "RAY_DEDUP_LOGS": "0", "PYTHONPATH": str(ROOT)}
 COLLECT = ["--env", "maze", "--episodes", "12", "--length", "24", "--resolution", "16", "--episodes-per-shard", "2",
            "--workers", "2", "--seed", "0"]
-TRAIN = ["--preset", "tiny", "--memory", "prepend", "--memory-length", "4", "--budget", "4", "--window", "4",
+TRAIN = ["--model-size", "tiny", "--memory", "prepend", "--memory-length", "4", "--budget", "4", "--window", "4",
          "--batch-size", "4", "--steps", "8", "--log-every", "1", "--checkpoint-every", "2", "--lr", "1e-3",
          "--seed", "3", "--name", "chaos"]
 SWEEP = ["--grid", "full", "--structures", "prepend", "--memory-lengths", "4", "8", "--compressions", "none",
@@ -380,7 +380,7 @@ class Chaos:
     # --- data preparation (in process, not under test) ---
 
     def episodes(self) -> Path:
-        return self.reference("collect", lambda out: ["-m", "pipeline.collect", *COLLECT, "--out", str(out)])[0]
+        return self.reference("collect", lambda out: ["-m", "pipeline.collect", *COLLECT, "--out-dir", str(out)])[0]
 
     def latents(self) -> Path:
         """Synthetic revisit episodes encoded with the identity encoder, with evaluation cases: what train and
@@ -477,12 +477,12 @@ class Chaos:
 
 
 def collect_args(out: Path) -> list[str]:
-    return ["-m", "pipeline.collect", *COLLECT, "--out", str(out)]
+    return ["-m", "pipeline.collect", *COLLECT, "--out-dir", str(out)]
 
 
 def encode_args(chaos: Chaos, backend: str = "ray") -> Callable[[Path], list[str]]:
     episodes = chaos.episodes()
-    return lambda out: ["-m", "pipeline.encode", "--in", str(episodes), "--out", str(out), "--backend", backend,
+    return lambda out: ["-m", "pipeline.encode", "--in-dir", str(episodes), "--out-dir", str(out), "--backend", backend,
                         "--batch-size", "1"]
 
 
@@ -494,7 +494,7 @@ def train_args(chaos: Chaos, backend: str, workers: int = 1) -> Callable[[Path],
 
 def sweep_args(chaos: Chaos) -> Callable[[Path], list[str]]:
     data = chaos.latents()
-    return lambda out: ["-m", "tuning.sweep_budget", *SWEEP, "--data-dir", str(data), "--out", str(out)]
+    return lambda out: ["-m", "tuning.sweep_budget", *SWEEP, "--data-dir", str(data), "--out-dir", str(out)]
 
 
 TRAIN_CHECKS = [check_checkpoints, check_mlflow]

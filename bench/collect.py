@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,8 +27,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from pipeline import shards  # noqa: E402
 from pipeline.cli import field, parse_config, to_json  # noqa: E402
-from pipeline.collect import (CollectConfig, ShardWorker, render_episode, run_collect, shard_episodes,  # noqa: E402
-                              shard_name)
+from pipeline.collect import CollectConfig, ShardWorker, render_episode, run_collect, shard_episodes, shard_name  # noqa: E402
 from pipeline.schema import episodes_to_table  # noqa: E402
 
 
@@ -56,13 +56,13 @@ def timed(fn, repeat: int = 1):
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def shard_with_fresh_envs(cfg: CollectConfig, index: int) -> dict:
     """The collect task before issue 15, for comparison: shard `index` with a fresh env for every episode."""
     rows = [render_episode(cfg, episode) for episode in shard_episodes(cfg, index)]
-    shards.write_shard(episodes_to_table(rows, "frames"), Path(cfg.out) / shard_name(index))
+    shards.write_shard(episodes_to_table(rows, "frames"), Path(cfg.out_dir) / shard_name(index))
     return {"frames": sum(len(r["actions"]) for r in rows), "episodes": len(rows), "launches": len(rows)}
 
 
@@ -71,7 +71,7 @@ def collect_with_fresh_envs(cfg: CollectConfig) -> dict:
     summary keys that the comparison prints (no manifest, no retries)."""
     import ray
 
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     task = ray.remote(num_cpus=1)(shard_with_fresh_envs)
     queue, pending, totals = list(range(cfg.num_shards)), [], {"frames": 0, "episodes": 0, "launches": 0}
     t0 = time.perf_counter()
@@ -99,7 +99,7 @@ def compare_env_reuse(b: BenchConfig, tmp: Path) -> None:
         for k, (name, collect) in enumerate(collectors.items()):
             ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
             try:
-                s = collect(dataclasses.replace(cfg, out=str(tmp / f"reuse{k}-{rep}")))
+                s = collect(dataclasses.replace(cfg, out_dir=str(tmp / f"reuse{k}-{rep}")))
             finally:
                 ray.shutdown()
             if name not in best or s["seconds"] < best[name]["seconds"]:
@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench-collect-"))
     cfg = CollectConfig(episodes=b.episodes, length=b.length, resolution=b.resolution, agent=b.agent,
-                        episodes_per_shard=b.episodes, out=str(tmp / "single"))
-    print(f"maze {b.resolution}x{b.resolution}, {b.length} frames/episode, agent {b.agent}; {os.cpu_count()} cores; {load()}")
+                        episodes_per_shard=b.episodes, out_dir=str(tmp / "single"))
+    print(f"maze {b.resolution}x{b.resolution}, {b.length} frames/episode, agent {b.agent}; "
+          f"{os.cpu_count()} cores; {load()}")
     for i in range(3):  # warm-up: numba cache load, textures and room styles loaded on first use, pyarrow init
         episodes_to_table([render_episode(cfg, 10_000 + i)])
     fresh = iter(range(100_000, 10**9, b.episodes))  # new episode indices for every repetition
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zstd levels on {b.episodes} episodes (Arrow in memory {raw / 2**20:.1f} MiB):")
     for level in b.levels:
         p = tmp / f"z{level}.parquet"
-        entry, _, wcpu = timed(lambda: shards.write_shard(table, p, zstd_level=level), b.repeat)
-        _, _, rcpu = timed(lambda: pq.read_table(p), b.repeat)
+        entry, _, wcpu = timed(partial(shards.write_shard, table, p, zstd_level=level), b.repeat)
+        _, _, rcpu = timed(partial(pq.read_table, p), b.repeat)
         print(f"  level {level}: {entry['bytes'] / 2**20:7.2f} MiB  ratio {raw / entry['bytes']:5.2f}x  "
               f"{entry['bytes'] / n:7,.0f} B/frame  write {wcpu:5.2f} CPU-s ({n / wcpu:7,.0f} frames/CPU-s)  "
               f"read {rcpu:5.2f} CPU-s")
@@ -161,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                             pa.array([r["frames"].tobytes() for r in rows], pa.large_binary()))
     for level in b.levels:
         p = tmp / f"blob{level}.parquet"
-        _, _, wcpu = timed(lambda: pq.write_table(blob, p, compression="zstd", compression_level=level,
-                                                  row_group_size=blob.num_rows), b.repeat)
-        _, _, rcpu = timed(lambda: pq.read_table(p), b.repeat)
+        _, _, wcpu = timed(partial(pq.write_table, blob, p, compression="zstd", compression_level=level,
+                                   row_group_size=blob.num_rows), b.repeat)
+        _, _, rcpu = timed(partial(pq.read_table, p), b.repeat)
         size = p.stat().st_size
         print(f"  [blob] {level}: {size / 2**20:7.2f} MiB  ratio {raw / size:5.2f}x  {size / n:7,.0f} B/frame  "
               f"write {wcpu:5.2f} CPU-s ({n / wcpu:7,.0f} frames/CPU-s)  read {rcpu:5.2f} CPU-s")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             def run(workers: int, name: str, episodes: int) -> dict:
                 c = CollectConfig(episodes=episodes, length=b.length, resolution=b.resolution, agent=b.agent,
-                                  episodes_per_shard=2, workers=workers, out=str(tmp / name))
+                                  episodes_per_shard=2, workers=workers, out_dir=str(tmp / name))
                 return run_collect(c)
             run(2, "warm", 4)
             fps = {}
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 s = run(workers, f"ray{workers}", b.ray_episodes)
                 fps[workers] = s["frames"] / s["seconds"]
                 busy = s["task_sec"] / (workers * s["seconds"])  # 1.0 = workers never idle (no Ray overhead)
-                print(f"ray {workers} worker(s): {s['frames']} frames in {s['seconds']:.2f} s = {fps[workers]:,.0f} frames/s"
+                print(f"ray {workers} worker(s): {s['frames']} frames in {s['seconds']:.2f} s "
+                      f"= {fps[workers]:,.0f} frames/s"
                       f"  (workers busy {busy:.0%} of the time; {s['launches_per_episode']:.3f} env launches/episode)")
             print(f"ray scaling 1 -> 2 workers: {fps[2] / fps[1]:.2f}x   ({load()})")
         finally:

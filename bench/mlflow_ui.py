@@ -50,7 +50,8 @@ SECTION = re.compile(r'data-testid="experiment-view-compare-runs-section-header"
 
 @dataclasses.dataclass
 class UiCheckConfig:
-    store: str = field("", "output folder holding mlflow.db (e.g. runs/demo); empty = make a short run in a temp folder")
+    store: str = field("", "output folder holding mlflow.db (e.g. runs/demo); empty = make a short run in a "
+                           "temp folder")
     experiment: str = field("memvid-demo", "experiment to open")
     chromium: str = field("chromium", "Chromium executable (Debian: apt-get install -y chromium)")
     screenshot: str = field("", "PNG of the runs table to write (e.g. docs/img/mlflow_runs.png)")

@@ -3,7 +3,7 @@ latency vs memory length (16/48/112).
 
     python bench/sample.py --threads 1                      # tiny model, CPU, outpainting, both paths
     python bench/sample.py --threads 1 --steps 16 --frames 8 --lengths 16 48 112   # the issue-15 floors
-    python bench/sample.py --device cuda --preset base --resolution 64 --window 16 --steps 50
+    python bench/sample.py --device cuda --model-size base --resolution 64 --window 16 --steps 50
     python bench/sample.py --schedule fifo --memory-length 48 --lengths 16 48 112 --cache on
 
 Builds the denoiser with training.models.build_denoiser (random weights plus small noise, so the output depends on
@@ -33,14 +33,14 @@ import torch
 
 from pipeline.cli import field, parse_config, to_json
 
-
 PATHS = {"both": (True, False), "on": (True,), "off": (False,)}  # --cache -> sample(cache_memory=...) values
 
 
 @dataclasses.dataclass
 class SampleBenchConfig:
     device: str = field("cpu", "where to run", ["cpu", "cuda"])
-    preset: str = field("tiny", "model preset of training.models (tiny | small | base | paper)")
+    model_size: str = field("tiny", "model preset of training.models (tiny | small | base | paper)",
+                            aliases=("--preset",))
     memory: str = field("prepend", "memory structure (none | prepend | concat | cross_attn)")
     compression: str = field("none", "memory compression (none | joint | modulated)")
     budget: int = field(8, "frames kept by compression")
@@ -83,7 +83,7 @@ def measure(cfg: SampleBenchConfig, memory_length: int) -> dict:
 
     dev = torch.device(cfg.device)
     mem_struct = cfg.memory if memory_length > 0 else "none"
-    mcfg = ModelConfig(preset=cfg.preset, in_channels=cfg.channels, resolution=cfg.resolution, memory=mem_struct,
+    mcfg = ModelConfig(preset=cfg.model_size, in_channels=cfg.channels, resolution=cfg.resolution, memory=mem_struct,
                        memory_length=max(memory_length, 1), compression=cfg.compression if memory_length else "none",
                        budget=min(cfg.budget, max(memory_length, 1)), window=cfg.window)
     net = build_denoiser(mcfg, seed=cfg.seed)
@@ -188,7 +188,7 @@ def main(argv=None) -> None:
     cpu = cfg.device == "cpu"  # CPU seconds of the process: what a 1-thread run costs, minus time other jobs took
     head = rows[cfg.memory_length]
     print(f"\nschedule: {head['schedule']}")
-    print(f"device={cfg.device} preset={cfg.preset} memory={cfg.memory}/{cfg.compression} "
+    print(f"device={cfg.device} preset={cfg.model_size} memory={cfg.memory}/{cfg.compression} "
           f"res={cfg.resolution} m={cfg.memory_length} batch={cfg.batch} frames={cfg.frames} "
           f"torch_threads={torch.get_num_threads()} median of {cfg.repeats} runs per path")
     for key in ("cached", "uncached"):

@@ -35,8 +35,9 @@ def main() -> None:
     cases = (cases * (args.num_cases // max(1, len(cases)) + 1))[:args.num_cases]
     load_sec = time.perf_counter() - t0
     probe, report = load_or_train_probe(Path(args.cases).parent, probe_settings(EvalConfig(cpu_threads=args.threads)))
-    print(f"{len(cases)} cases loaded in {load_sec:.1f} s; probe accuracy {report.accuracy:.3f} on {report.judge_heads}")
-    print(f"| oracle | seconds per 1,000 cases (make + judge) | retrieval by kind: 0-16 / 16-48 / 48-112 |")
+    print(f"{len(cases)} cases loaded in {load_sec:.1f} s; "
+          f"probe accuracy {report.accuracy:.3f} on {report.judge_heads}")
+    print("| oracle | seconds per 1,000 cases (make + judge) | retrieval by kind: 0-16 / 16-48 / 48-112 |")
     print("|---|---|---|")
     for name in J.ORACLES:
         t0 = time.perf_counter()
@@ -44,7 +45,8 @@ def main() -> None:
         rows = J.judge_cases(cases, frames, probe, report.judge_heads)
         sec = time.perf_counter() - t0
         table = J.summarise(rows)["retrieval"]
-        rates = "; ".join(f"{kind} " + " / ".join(f"{s['rate']:.2f}" for s in bins.values()) for kind, bins in table.items())
+        rates = "; ".join(f"{kind} " + " / ".join(f"{s['rate']:.2f}" for s in bins.values())
+                          for kind, bins in table.items())
         label = f"copy m={args.memory_length}" if name == "copy" else name
         print(f"| {label} | {sec * 1000 / len(cases):.1f} | {rates} |", flush=True)
 

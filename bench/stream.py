@@ -51,7 +51,8 @@ def wait_share(batches, steps: int) -> float:
     import torch
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv3d(3, 32, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv3d(32, 3, 3, padding=1))
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 32, 3, padding=1), torch.nn.SiLU(),
+                                torch.nn.Conv3d(32, 3, 3, padding=1))
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     it, wait, start = iter(batches), 0.0, time.perf_counter()
     for _ in range(steps):
@@ -120,7 +121,8 @@ def main() -> None:
     share_local = wait_share(LocalWindowStream(data, spec), args.steps)
     share_ray = wait_share(ray_window_dataset(data, spec).iter_torch_batches(
         batch_size=spec.batch_size, collate_fn=ray_collate_fn(), prefetch_batches=4), args.steps)
-    print(f"data wait, tiny train step: local {100 * share_local:.1f}%, ray {100 * share_ray:.1f}% (floor 5%)", flush=True)
+    print(f"data wait, tiny train step: local {100 * share_local:.1f}%, ray {100 * share_ray:.1f}% "
+          "(floor 5%)", flush=True)
     print(f"load avg at the end: {os.getloadavg()[0]:.1f}", flush=True)
 
 

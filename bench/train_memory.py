@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from training.models import ModelConfig
-from training.models.memory import Denoiser
+from training.models.denoiser import Denoiser
 
 
 def estimate(cfg: ModelConfig, batch: int) -> tuple[float, float, int]:

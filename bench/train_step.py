@@ -1,9 +1,9 @@
 """Training-step speed of a denoiser: training frames/s, peak memory and MFU (model FLOP utilisation).
 
     python bench/train_step.py                                        # tiny preset, CPU, 4x16x16 clips
-    python bench/train_step.py --preset small --resolution 32 --frames 8 --batch 2
-    python bench/train_step.py --device cuda --preset paper --batch 32 --frames 16 --resolution 64 --bf16 --compile
-    python bench/train_step.py --device cuda --preset paper --memory prepend --memory-length 48 \
+    python bench/train_step.py --model-size small --resolution 32 --frames 8 --batch 2
+    python bench/train_step.py --device cuda --model-size paper --batch 32 --frames 16 --resolution 64 --bf16 --compile
+    python bench/train_step.py --device cuda --model-size paper --memory prepend --memory-length 48 \
         --compression joint --budget 8 --bf16
 
 One step = C1's `Diffusion.training_loss` (random per-frame levels, v-prediction, fused SNR) + backward +
@@ -39,7 +39,8 @@ PEAK_TFLOPS = {("H100", True): 989.0, ("H100", False): 67.0, ("H200", True): 989
 @dataclasses.dataclass
 class BenchConfig:
     device: str = field("cpu", "torch device: cpu | cuda | cuda:N")
-    preset: str = field("tiny", "model preset (training/models PRESETS)", ["tiny", "small", "base", "paper"])
+    model_size: str = field("tiny", "model preset (training/models PRESETS)", ["tiny", "small", "base", "paper"],
+                            aliases=("--preset",))
     batch: int = field(2, "clips per step")
     frames: int = field(4, "current frames per clip (window w)")
     resolution: int = field(16, "frame height = width")
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    mcfg = ModelConfig(preset=cfg.preset, in_channels=cfg.channels, resolution=cfg.resolution, memory=cfg.memory,
+    mcfg = ModelConfig(preset=cfg.model_size, in_channels=cfg.channels, resolution=cfg.resolution, memory=cfg.memory,
                        memory_length=cfg.memory_length, compression=cfg.compression,
                        budget=min(cfg.budget, cfg.memory_length), window=cfg.frames)
     cost = model_cost(mcfg, cfg.frames)
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
     out = {"params_M": cost["params"] / 1e6, "train_gflops_per_frame": cost["train_flops_per_frame"] / 1e9,
            "sec_per_step": sec, "train_frames_per_sec": b * t / sec, "peak_mem_gib": peak_mem,
            "achieved_tflops": achieved / 1e12, "mfu": achieved / (peak * 1e12) if peak else None}
-    print(f"preset={cfg.preset} memory={cfg.memory}/{cfg.memory_length} compression={cfg.compression}/"
+    print(f"preset={cfg.model_size} memory={cfg.memory}/{cfg.memory_length} compression={cfg.compression}/"
           f"{mcfg.budget} B={b} T={t} {c}x{r}x{r} bf16={cfg.bf16} compile={cfg.compile} device={device}")
     print(f"  params {out['params_M']:.2f} M, train {out['train_gflops_per_frame']:.2f} GFLOP/frame (3x forward)")
     print(f"  step {sec * 1e3:.1f} ms (median of {cfg.steps}), {out['train_frames_per_sec']:.1f} training frames/s")

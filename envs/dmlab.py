@@ -102,7 +102,8 @@ class DMLabEnv(gym.Env):
         except (RuntimeError, ValueError) as e:
             raise EngineCrash(f"envs.dmlab: deepmind_lab.Lab could not start level {cfg['level']!r} with config "
                               f"{lab_config} and observations {OBSERVATIONS}: {e} (DEBUG.MAZE.LAYOUT and "
-                              f"demos/random_maze as TECO used them need TECO's fork, github.com/wilson1yan/lab)") from e
+                              "demos/random_maze as TECO used them need TECO's fork, "
+                              "github.com/wilson1yan/lab)") from e
 
     def close(self) -> None:
         """Release the engine; safe to call twice and after a crash."""

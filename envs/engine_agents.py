@@ -161,8 +161,8 @@ class MazeGoalAgent:
 def make_agent(env_name: str, agent: str, rng: np.random.Generator, **settings):
     """The agent `agent` of engine env `env_name`; ValueError listing the valid names."""
     if agent not in AGENTS.get(env_name, ()):
-        raise ValueError(f"agent {agent!r} is not an agent of env {env_name!r}; choose one of "
-                         f"{', '.join(AGENTS.get(env_name, ())) or '(none: env must be one of ' + ', '.join(AGENTS) + ')'}")
+        choices = ", ".join(AGENTS.get(env_name, ())) or "(none: env must be one of " + ", ".join(AGENTS) + ")"
+        raise ValueError(f"agent {agent!r} is not an agent of env {env_name!r}; choose one of {choices}")
     return MazeGoalAgent(rng, **settings) if env_name == "dmlab" else MinecraftExplorer(rng, **settings)
 
 

@@ -114,14 +114,14 @@ def _assets():
     return assets
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wall_texture_names() -> tuple[str, ...]:
     """Global wall texture ids: index into this tuple ("style_01/blue", ...)."""
     a = _assets()
     return tuple(f"{s}/{k}" for s in a.MAZE_STYLES for k in sorted(a.get_wall_texture_paths(s)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def floor_texture_names() -> tuple[str, ...]:
     a = _assets()
     return tuple(f"{s}/{k}" for s in a.MAZE_STYLES for k in sorted(a.get_floor_texture_paths(s)))
@@ -137,7 +137,7 @@ def _downsample(img: np.ndarray, size: int) -> np.ndarray:
     return img[ys][:, xs]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_texture(kind: str, name: str, size: int) -> np.ndarray:
     style, key = name.split("/")
     a = _assets()
@@ -155,7 +155,7 @@ def _read_rgb(path: str) -> np.ndarray:
         return iio.imread(path, mode="RGB")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sky(style: str, rows: int = 32, cols: int = 256) -> np.ndarray:
     """Cylindrical panorama (rows, cols, 3) float32 from the skybox sides, azimuth 0 at column 0."""
     box = _assets().get_sky_texture_paths(style)
@@ -167,7 +167,7 @@ def _sky(style: str, rows: int = 32, cols: int = 256) -> np.ndarray:
     return np.ascontiguousarray(upper[ys]).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def room_styles() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fixed table of NUM_ROOM_STYLES room looks: (wall texture id, floor texture id, tint RGB).
 
@@ -179,7 +179,7 @@ def room_styles() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return wall, floor, tint
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def paintings() -> np.ndarray:
     """(NUM_PAINTINGS, PAINT_TEXELS, PAINT_TEXELS, 3) float32: fixed procedural patterns with a dark frame."""
     g = np.random.default_rng(7)
@@ -189,13 +189,14 @@ def paintings() -> np.ndarray:
     for p in range(NUM_PAINTINGS):
         a, b = g.uniform(40, 255, 3), g.uniform(40, 255, 3)
         kind = p % 4
-        mask = [(xx + yy) % 0.5 < 0.25, (xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.12, yy < 0.5, (xx * 3).astype(int) % 2 == 0][kind]
+        mask = [(xx + yy) % 0.5 < 0.25, (xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.12, yy < 0.5,
+                (xx * 3).astype(int) % 2 == 0][kind]
         out[p] = np.where(mask[..., None], a, b)
     out[:, 0], out[:, -1], out[:, :, 0], out[:, :, -1] = 20, 20, 20, 20
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _style_textures(size: int) -> tuple[np.ndarray, np.ndarray]:
     wall_ids, floor_ids, tint = room_styles()
     walls = np.stack([_load_texture("wall", wall_texture_names()[i], size) for i in wall_ids])
@@ -210,7 +211,7 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _painting_textures() -> np.ndarray:
     p = paintings()
     return _to_uint8(np.stack([p, p * raycast.SIDE_SHADE], axis=1))  # (P,2,PS,PS,3)

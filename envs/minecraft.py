@@ -75,7 +75,8 @@ def check_display(version: str) -> None:
     if version == "1.0":
         raise EngineMissing(f"envs.minecraft: no DISPLAY and MineRL 1.0 has no headless switch. {HEADLESS_HINT}")
     if shutil.which("xvfb-run") is None:
-        raise EngineMissing(f"envs.minecraft: no DISPLAY and no xvfb-run on PATH (apt-get install xvfb). {HEADLESS_HINT}")
+        raise EngineMissing("envs.minecraft: no DISPLAY and no xvfb-run on PATH (apt-get install xvfb). "
+                            f"{HEADLESS_HINT}")
     os.environ.setdefault("MINERL_HEADLESS", "1")  # read by MineRL's launchClient.sh in the JVM's environment
 
 
@@ -83,7 +84,8 @@ def _load_factory(path: str):
     """'module:function' or '/path/to/file.py:function' -> the function (a file path works in any sys.path)."""
     module, _, func = path.rpartition(":")
     if not module or not func:
-        raise ValueError(f"envs.minecraft: engine_factory must be 'module:function' or 'file.py:function', got {path!r}")
+        raise ValueError("envs.minecraft: engine_factory must be 'module:function' or 'file.py:function', "
+                         f"got {path!r}")
     if module.endswith(".py"):
         spec = importlib.util.spec_from_file_location(os.path.basename(module)[:-3], module)
         if spec is None or not os.path.isfile(module):

@@ -12,7 +12,6 @@ pitch, yaw, ...): real poses.
 from __future__ import annotations
 
 import json
-from typing import List
 
 from minerl.herobraine.env_specs.simple_embodiment import SimpleEmbodimentEnvSpec
 from minerl.herobraine.hero import handlers
@@ -36,29 +35,29 @@ class _ExploreMission:
     biome: int
     caves: bool
 
-    def create_observables(self) -> List:
+    def create_observables(self) -> list:
         return super().create_observables() + [handlers.ObservationFromCurrentLocation()]
 
-    def create_rewardables(self) -> List:
+    def create_rewardables(self) -> list:
         return []
 
-    def create_agent_start(self) -> List:
+    def create_agent_start(self) -> list:
         return []
 
-    def create_agent_handlers(self) -> List:
+    def create_agent_handlers(self) -> list:
         return []
 
-    def create_server_world_generators(self) -> List:
+    def create_server_world_generators(self) -> list:
         return [handlers.DefaultWorldGenerator(force_reset=True,
                                                generator_options=generator_options(self.biome, self.caves))]
 
-    def create_server_quit_producers(self) -> List:
+    def create_server_quit_producers(self) -> list:
         return []
 
-    def create_server_decorators(self) -> List:
+    def create_server_decorators(self) -> list:
         return []
 
-    def create_server_initial_conditions(self) -> List:
+    def create_server_initial_conditions(self) -> list:
         return [handlers.TimeInitialCondition(allow_passage_of_time=False),
                 handlers.SpawningInitialCondition(allow_spawning=True)]
 

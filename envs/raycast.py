@@ -8,7 +8,8 @@ Projection (square pixels, no lens distortion): focal length f = (W / 2) / tan(f
 the image so the horizon sits on row `H/2 - f*tan(pitch)` (pitch > 0 looks down). A wall face at perpendicular
 distance d spans rows [horizon - f*(wall_h - eye)/d, horizon + f*eye/d); a pixel belongs to it when its centre
 (row + 0.5) lies in that span. Below a wall: floor, cast per row (distance f*eye/(row + 0.5 - horizon)).
-Above it: sky, a cylindrical panorama indexed by azimuth and elevation. Faces crossing v grid lines are drawn\ndarker (SIDE_SHADE) so corners read as in DMLab's lighting.
+Above it: sky, a cylindrical panorama indexed by azimuth and elevation. Faces crossing v grid lines are drawn
+darker (SIDE_SHADE) so corners read as in DMLab's lighting.
 """
 from __future__ import annotations
 

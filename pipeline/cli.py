@@ -1,7 +1,9 @@
 """Command lines built from config dataclasses, so flags and fields cannot drift (STYLE.md section 3).
 
 Each field becomes `--field-name`; its help text is the field's `metadata["help"]`. Booleans are
-`--flag/--no-flag`. `Literal[...]`/choices come from `metadata["choices"]`.
+`--flag/--no-flag`. `Literal[...]`/choices come from `metadata["choices"]`. A field may keep old spellings of its
+flag (`aliases`, listed in --help) and may be left out of --help (`hidden`: fault injection for tests). Flags are
+never abbreviated: `--step 10` is an error, not `--steps 10`.
 
 Every tool runs its `main` through `run_cli`: a user's mistake (a missing folder, a bad flag value, a config or
 checkpoint that does not fit) prints one line naming the flag or path and exits with status 2; a traceback is
@@ -14,15 +16,20 @@ import dataclasses
 import json
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def field(default: Any, help: str, choices: list | None = None, **kw) -> Any:
-    """A dataclass field with the help text its flag will show."""
-    meta = {"help": help, "choices": choices}
+def field(default: Any, help: str, choices: list | tuple | None = None, aliases: tuple[str, ...] = (),
+          hidden: bool = False, meta: dict | None = None, **kw) -> Any:
+    """A dataclass field with the help text its flag will show, the flag's old spellings (`aliases`, e.g.
+    ("--out",)), whether --help hides it (`hidden`: switches only tests use) and metadata of the config's own
+    (`meta`, e.g. which fields a resumed run must keep)."""
+    meta = {**(meta or {}), "help": help, "choices": list(choices) if choices else None, "aliases": tuple(aliases),
+            "hidden": hidden}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return dataclasses.field(default=default, metadata=meta, **kw)
@@ -46,8 +53,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every flag)\n")
 
 
-def build_parser(cls: type, description: str | None = None, positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    parser = _Parser(prog=program_name(cls.__module__), description=description,
+def build_parser(cls: type, description: str | None = None,
+                 positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    # a config defined outside its tool's module names the tool (`COMMAND: ClassVar[str] = "training.train"`)
+    parser = _Parser(prog=program_name(getattr(cls, "COMMAND", cls.__module__)), description=description,
+                     allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -59,21 +69,19 @@ def build_parser(cls: type, description: str | None = None, positional: tuple[st
         helptext = f.metadata.get("help") or ""
         if "(default:" not in helptext:  # a help text that explains its default itself keeps only that one
             helptext += f" (default: {default!r})"
-        flag = "--" + f.name.replace("_", "-")
-        names = (f.name,) if f.name in positional else (flag,)
+        if f.metadata.get("hidden"):
+            helptext = argparse.SUPPRESS
+        names = (f.name,) if f.name in positional else ("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()))
+        dest = {} if f.name in positional else {"dest": f.name}
         if base is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=helptext)
+            parser.add_argument(*names, **dest, action=argparse.BooleanOptionalAction, default=default, help=helptext)
         elif typing.get_origin(base) is list:
             inner = typing.get_args(base)[0]
-            parser.add_argument(*names, **({} if f.name in positional else {"dest": f.name}), type=inner, nargs="+",
-                                default=default, help=helptext)
+            parser.add_argument(*names, **dest, type=inner, nargs="+", default=default, help=helptext)
         else:
             conv = base if base in (int, float, str) else str
-            kwargs = dict(type=conv, default=default, help=helptext, choices=f.metadata.get("choices"))
-            if f.name in positional:
-                parser.add_argument(f.name, **kwargs)
-            else:
-                parser.add_argument(flag, dest=f.name, **kwargs)
+            parser.add_argument(*names, **dest, type=conv, default=default, help=helptext,
+                                choices=f.metadata.get("choices"))
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     return parser
@@ -98,7 +106,8 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str |
 
 # Errors a user's input causes. A ValueError counts when our code raised it (its messages name the flag or
 # file, STYLE.md section 6); one raised inside a library is a bug here, and shows its traceback.
-_OWN_PACKAGES = tuple(str(Path(__file__).resolve().parents[1] / name) for name in ("envs", "pipeline", "training", "tuning"))
+_OWN_PACKAGES = tuple(str(Path(__file__).resolve().parents[1] / name)
+                      for name in ("envs", "pipeline", "training", "tuning"))
 
 
 def _is_user_error(e: BaseException) -> bool:

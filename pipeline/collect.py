@@ -2,8 +2,8 @@
 
     python -m pipeline.collect --env maze --dry-run                 # print the resolved config
     python -m pipeline.collect --env maze                           # laptop: starts a local Ray
-    python -m pipeline.collect --env maze --episodes 6 --length 8 --resolution 16 --out /tmp/tiny
-    python -m pipeline.collect --env minecraft --address auto --workers 32 --out /shared/data/minecraft
+    python -m pipeline.collect --env maze --episodes 6 --length 8 --resolution 16 --out-dir /tmp/tiny
+    python -m pipeline.collect --env minecraft --address auto --workers 32 --out-dir /shared/data/minecraft
 
 Shard i holds episodes i*K .. i*K+K-1 (K = --episodes-per-shard); episode i of seed s is rendered from
 `numpy.random.default_rng([s, i])` alone, so shard bytes depend neither on --workers nor on retries or order.
@@ -14,7 +14,7 @@ gives the bytes a fresh env would. Engine crashes are expected (dmlab, minecraft
 1 + --max-retries times (the worker's env replaced each time, the partial episode dropped); a worker process
 that dies is replaced by a new one and its shard retried up to --max-retries times. Every failure is appended to
 <out>/failures.jsonl, and a shard that keeps failing is left not-done for the next run. Workers write shards
-themselves, so on a multi-node cluster --out must be a path every node sees (shared or network storage).
+themselves, so on a multi-node cluster --out-dir must be a path every node sees (shared or network storage).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ ENV_CHOICES = ("maze", "dmlab", "minecraft")
 # start Ray with e.g. `ray start --resources='{"minerl": 1}'`); maze runs on any CPU.
 ENV_RESOURCES: dict[str, str | None] = {"maze": None, "dmlab": "dmlab", "minecraft": "minerl"}
 # Fields that do not change the data; left out of <out>/config.json.
-RUN_ONLY_FIELDS = ("out", "workers", "address", "max_retries", "episode_timeout_sec")
+RUN_ONLY_FIELDS = ("out_dir", "workers", "address", "max_retries", "episode_timeout_sec")
 FAILURES = "failures.jsonl"
 
 
@@ -55,7 +55,7 @@ class CollectConfig:
     maze_size: int = field(9, "maze side in cells incl. the outer wall (odd, >= 5; maze only; TECO: 9)")
     agent: str = field("explore", "policy that chooses the actions (see envs.rollout.AGENTS)")
     seed: int = field(0, "run seed; episode i uses numpy.random.default_rng([seed, i])")
-    out: str = field("", "output folder (default: data/<env>)")
+    out_dir: str = field("", "output folder (default: data/<env>)", aliases=("--out",))
     workers: int = field(2, "worker actors, each keeping one env and rendering one shard at a time (1 CPU each)")
     episodes_per_shard: int = field(20, "episodes per Parquet shard (K)")
     address: str = field("", "Ray cluster to join ('auto' or host:port); empty starts a local Ray")
@@ -72,14 +72,16 @@ class CollectConfig:
         if self.max_retries < 0:
             raise ValueError(f"--max-retries: expected an integer >= 0, got {self.max_retries}")
         if self.episode_timeout_sec < 0:
-            raise ValueError(f"--episode-timeout-sec: expected seconds >= 0 (0 = no limit), got {self.episode_timeout_sec}")
+            raise ValueError("--episode-timeout-sec: expected seconds >= 0 (0 = no limit), "
+                             f"got {self.episode_timeout_sec}")
         from envs.rollout import AGENTS
 
         agents = AGENTS.get(self.env, ())
         if self.agent not in agents:
-            raise ValueError(f"--agent: {self.agent!r} is not an agent of env {self.env!r}; choose one of {', '.join(agents)}")
-        if not self.out:
-            self.out = str(Path("data") / self.env)
+            raise ValueError(f"--agent: {self.agent!r} is not an agent of env {self.env!r}; "
+                             f"choose one of {', '.join(agents)}")
+        if not self.out_dir:
+            self.out_dir = str(Path("data") / self.env)
 
     @property
     def num_shards(self) -> int:
@@ -227,7 +229,7 @@ class ShardWorker:
         if rows is None:
             return result
         t1 = time.perf_counter()
-        result["entry"] = write_shard(episodes_to_table(rows, "frames"), Path(self.cfg.out) / name)
+        result["entry"] = write_shard(episodes_to_table(rows, "frames"), Path(self.cfg.out_dir) / name)
         result["write_sec"] = time.perf_counter() - t1
         result["frames"] = sum(len(r["actions"]) for r in rows)
         return result
@@ -421,13 +423,14 @@ def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None =
 
     `fault` is a test hook passed to the workers (see _inject_fault)."""
     check_env_settings(cfg)
-    out = Path(cfg.out).resolve()
-    check_config(out, cfg.data_config())  # refuses a folder that holds another config, before any work
+    out = Path(cfg.out_dir).resolve()
+    # refuses a folder that holds another config, before any work
+    check_config(out, cfg.data_config(), flag_hint="--out-dir")
     manifest = Manifest(out)
     for stale in out.glob(".shard-*.parquet.tmp*"):  # left by workers killed mid-write; never a shard
         stale.unlink(missing_ok=True)
     todo = [i for i in range(cfg.num_shards) if not manifest.is_done(shard_name(i))]
-    summary = {"out": str(out), "num_shards": cfg.num_shards, "skipped": cfg.num_shards - len(todo), "written": 0,
+    summary = {"out_dir": str(out), "num_shards": cfg.num_shards, "skipped": cfg.num_shards - len(todo), "written": 0,
                "failed": [], "failures_logged": 0, "frames": 0, "seconds": 0.0, "frames_per_sec": 0.0,
                "task_sec": 0.0, "workers": 0, "episodes_rendered": 0, "env_launches": 0,
                "launches_per_episode": 0.0, "workers_lost": 0}
@@ -435,9 +438,10 @@ def run_collect(cfg: CollectConfig, progress: bool = False, fault: dict | None =
         return summary
 
     import ray
+
     from pipeline.console import progress as progress_bar
 
-    wcfg = dataclasses.replace(cfg, out=str(out))  # workers may run in another cwd
+    wcfg = dataclasses.replace(cfg, out_dir=str(out))  # workers may run in another cwd
     started = _connect(cfg)
     t0 = time.perf_counter()
     workers, finished = [], False
@@ -478,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     if summary["failed"]:
         print(f"pipeline.collect: {len(summary['failed'])} shard(s) not done ({', '.join(summary['failed'])}); "
-              f"see {Path(summary['out']) / FAILURES}; rerun the same command to retry them", file=sys.stderr)
+              f"see {Path(summary['out_dir']) / FAILURES}; rerun the same command to retry them", file=sys.stderr)
         return 1
     return 0
 

@@ -1,9 +1,9 @@
 """Encode episode shards into latent shards: Ray Data read_parquet -> map_batches(encoder actor pool) -> shards.
 
-    python -m pipeline.encode --in data/maze --out data/maze-px --encoder identity          # laptop, local Ray
-    python -m pipeline.encode --in data/mc --out data/mc-sd3 --encoder vae --vae-path weights/sd3-vae \\
-        --workers 4 --gpus-per-worker 1 --address auto                                    # cluster, GPU actors
-    python -m pipeline.encode --in data/maze --out data/maze-px --backend local            # no Ray at all
+    python -m pipeline.encode --in-dir data/maze --out-dir data/maze-px --encoder identity  # laptop, local Ray
+    python -m pipeline.encode --in-dir data/mc --out-dir data/mc-sd3 --encoder vae --vae-path weights/sd3-vae \\
+        --workers 4 --gpus-per-worker 1 --address auto                                      # cluster, GPU actors
+    python -m pipeline.encode --in-dir data/maze --out-dir data/maze-px --backend local     # no Ray at all
 
 Output shard i is the encoding of input shard i (same file name, same rows in the same order) with `latents`
 (float16 (T, C, h, w)) instead of `frames` and an `encoder` JSON column. Shards are written from the driver with
@@ -42,10 +42,22 @@ import pyarrow.parquet as pq
 from pipeline.cli import field, parse_config, run_cli, to_json
 from pipeline.console import progress, start_ray
 from pipeline.encoders import ENCODER_NAMES, make_encoder
-from pipeline.schema import SchemaError, TENSOR_COLUMNS, check_table, episodes_to_table, to_numpy
-from pipeline.shards import (NO_CHECKSUM_HINT, Manifest, check_config, describe_os_error, error_line, footer_checksums,
-                             load_shard, quarantine, remove_partials, row_checksums, sha256, write_json_atomic,
-                             write_shard)
+from pipeline.schema import TENSOR_COLUMNS, SchemaError, check_table, episodes_to_table, to_numpy
+from pipeline.shards import (
+    NO_CHECKSUM_HINT,
+    Manifest,
+    check_config,
+    describe_os_error,
+    error_line,
+    footer_checksums,
+    load_shard,
+    quarantine,
+    remove_partials,
+    row_checksums,
+    sha256,
+    write_json_atomic,
+    write_shard,
+)
 
 REPORT = "encode_report.json"
 FAULT_MARKER = ".fault_injected"
@@ -53,9 +65,11 @@ FAULT_MARKER = ".fault_injected"
 
 @dataclass
 class EncodeConfig:
-    in_dir: str = field("data/maze", "folder of episode shards (shard-*.parquet, from pipeline.collect); flag --in")
-    out_dir: str = field("data/maze-latents", "folder for the latent shards (same layout); flag --out")
-    encoder: str = field("identity", "identity: pixels in [-1,1]; vae: diffusers AutoencoderKL", choices=list(ENCODER_NAMES))
+    in_dir: str = field("data/maze", "folder of episode shards (shard-*.parquet, from pipeline.collect)",
+                        aliases=("--in",))
+    out_dir: str = field("data/maze-latents", "folder for the latent shards (same layout)", aliases=("--out",))
+    encoder: str = field("identity", "identity: pixels in [-1,1]; vae: diffusers AutoencoderKL",
+                         choices=list(ENCODER_NAMES))
     vae_path: str = field("", "local AutoencoderKL folder (config.json + weights) for --encoder vae")
     backend: str = field("ray", "ray: Ray Data actor pool; local: this process only", choices=["ray", "local"])
     workers: int = field(1, "encoder actors in the pool (each loads the model once)")
@@ -63,9 +77,10 @@ class EncodeConfig:
     cpus_per_worker: float = field(0.5, "CPUs per encoder actor; keep it fractional so read tasks keep a CPU")
     batch_size: int = field(4, "episodes per map_batches call")
     address: str = field("", "Ray address: '' starts a local Ray, 'auto' joins a running cluster")
-    fail_after_episodes: int = field(0, "fault injection for tests: an encoder fails after this many episodes (0 = off)")
+    fail_after_episodes: int = field(0, "fault injection for tests: an encoder fails after this many episodes "
+                                        "(0 = off)", hidden=True)
     fail_mode: str = field("raise", "fault injection: raise an exception, or kill the actor process once (exit)",
-                           choices=["raise", "exit"])
+                           choices=["raise", "exit"], hidden=True)
 
     def __post_init__(self):
         if self.encoder not in ENCODER_NAMES:
@@ -76,7 +91,7 @@ class EncodeConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if Path(self.in_dir).resolve() == Path(self.out_dir).resolve():
-            raise ValueError(f"--out must differ from --in ({self.in_dir})")
+            raise ValueError(f"--out-dir must differ from --in-dir ({self.in_dir})")
 
     def data_config(self) -> dict:
         """The fields that change the output bytes (saved as <out>/config.json)."""
@@ -164,11 +179,11 @@ def _footer_problem(path: Path, entry: dict | None) -> tuple[str | None, pq.File
 
 
 def input_files(in_dir: Path) -> list[Path]:
-    """The episode shards of --in; FileNotFoundError naming the folder when there are none."""
+    """The episode shards of --in-dir; FileNotFoundError naming the folder when there are none."""
     files = sorted(in_dir.glob("shard-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"--in {in_dir}: no shard-*.parquet files; collect first "
-                                f"(python -m pipeline.collect --out {in_dir})")
+        raise FileNotFoundError(f"--in-dir {in_dir}: no shard-*.parquet files; collect first "
+                                f"(python -m pipeline.collect --out-dir {in_dir})")
     return files
 
 
@@ -198,14 +213,14 @@ def plan(cfg: EncodeConfig, out: Manifest) -> tuple[list[InputShard], list[Path]
         else:
             bad.append(_quarantine(path, reason, (entry or {}).get("rows", meta.num_rows if meta else None)))
     if unverifiable:
-        raise SchemaError(f"--in {in_dir}: {', '.join(p.name for p in unverifiable)}: no checksum to verify "
+        raise SchemaError(f"--in-dir {in_dir}: {', '.join(p.name for p in unverifiable)}: no checksum to verify "
                           f"against (written before shards carried row checksums, and no manifest.json lists it); "
                           f"{NO_CHECKSUM_HINT}")
     return todo, done, bad
 
 
 def _quarantine(path: Path, reason: str, rows: int | None) -> dict:
-    """Move a bad input aside (or, on a read-only --in, leave it and say so); its report entry."""
+    """Move a bad input aside (or, on a read-only --in-dir, leave it and say so); its report entry."""
     try:
         dest = str(quarantine(path, reason))
         print(f"[encode] QUARANTINED {path} -> {dest}: {reason}", flush=True)
@@ -338,7 +353,7 @@ def _encode_dataset(cfg: EncodeConfig, todo: list[Path]):
 def run_encode(cfg: EncodeConfig) -> dict:
     """Encode every input shard not yet in the out manifest; returns (and saves) the report."""
     out_dir = Path(cfg.out_dir)
-    check_config(out_dir, cfg.data_config(), flag_hint="--out")
+    check_config(out_dir, cfg.data_config(), flag_hint="--out-dir")
     for stale in remove_partials(out_dir):              # temp files of a run killed mid-write
         print(f"[encode] removed the partial file {stale} of an interrupted run", flush=True)
     if cfg.encoder == "vae":
@@ -395,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     if report["quarantined"]:
         names = ", ".join(b["shard"] for b in report["quarantined"])
         print(f"pipeline.encode: {len(report['quarantined'])} input shard(s) quarantined, not encoded "
-              f"({names}; reasons in {Path(cfg.out_dir) / REPORT}); rerun the command that wrote --in to write them "
-              f"again, then rerun this command", file=sys.stderr)
+              f"({names}; reasons in {Path(cfg.out_dir) / REPORT}); rerun the command that wrote --in-dir to write "
+              f"them again, then rerun this command", file=sys.stderr)
         return 1
     return 0
 

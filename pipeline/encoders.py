@@ -18,19 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.schema import pixels_to_unit, unit_to_pixels
+
 ENCODER_NAMES = ("identity", "vae")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
 def frames_to_unit(frames: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
-    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
+    return pixels_to_unit(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
 
 
 def unit_to_frames(x: np.ndarray) -> np.ndarray:
     """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), rounded and clipped."""
-    x = np.clip((np.asarray(x, dtype=np.float32) + 1.0) * 127.5, 0.0, 255.0)
-    return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1).copy()
+    return unit_to_pixels(x).transpose(0, 2, 3, 1).copy()
 
 
 class IdentityEncoder:
@@ -115,7 +116,8 @@ def check_vae_folder(path: str | None) -> Path:
     """The VAE folder, or a FileNotFoundError that says what to put where."""
     hint = ("--vae-path must be a local diffusers AutoencoderKL folder holding config.json and "
             f"{WEIGHT_FILES[0]} (e.g. the vae/ subfolder of stabilityai/stable-diffusion-3-medium-diffusers, "
-            "saved with AutoencoderKL.save_pretrained or copied from the Hugging Face repository); nothing is downloaded")
+            "saved with AutoencoderKL.save_pretrained or copied from the Hugging Face repository); "
+            "nothing is downloaded")
     if not path:
         raise FileNotFoundError(f"--encoder vae needs --vae-path. {hint}")
     folder = Path(path)

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cli import field, parse_config, run_cli, to_json
+from pipeline.encoders import frames_to_unit
 from pipeline.schema import to_numpy
 from pipeline.shards import load_shard
 from pipeline.windows import ShardInfo, index_shards
@@ -74,7 +75,7 @@ def d_bin(d: int) -> str | None:
 def to_model(a: np.ndarray) -> np.ndarray:
     """Stored frames (T,H,W,3) uint8 or latents (T,C,h,w) -> float32 (T,C,H,W); pixels to [-1, 1]."""
     if a.dtype == np.uint8:
-        return np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
+        return frames_to_unit(a)
     return a.astype(np.float32)
 
 

@@ -1,9 +1,9 @@
 """Turn published world-model datasets into this project's episode shards (same columns as pipeline.collect).
 
-    python -m pipeline.ingest --format teco-dmlab SRC --out data/teco-dmlab --dry-run
-    python -m pipeline.ingest --format teco-dmlab /data/dmlab/train --out data/teco-dmlab
-    python -m pipeline.ingest --format teco-minecraft /data/minecraft/train --out data/teco-mc --workers 8
-    python -m pipeline.ingest --format worldmem /data/worldmem/training --out data/worldmem --height 64 --width 112
+    python -m pipeline.ingest --format teco-dmlab SRC --out-dir data/teco-dmlab --dry-run
+    python -m pipeline.ingest --format teco-dmlab /data/dmlab/train --out-dir data/teco-dmlab
+    python -m pipeline.ingest --format teco-minecraft /data/minecraft/train --out-dir data/teco-mc --workers 8
+    python -m pipeline.ingest --format worldmem /data/worldmem/training --out-dir data/worldmem --height 64 --width 112
 
 Formats (exact layouts: shared/reference/envs-and-datasets.md section 4) and how each is converted. Every shard
 follows one rule: actions[t] is the action taken AFTER frame t.
@@ -60,7 +60,7 @@ SOURCES, REPORT = "sources.json", "ingest_report.json"
 class IngestConfig:
     format: str = field("teco-dmlab", "dataset format", choices=list(FORMATS))
     src: str = field("", "dataset folder (searched recursively)")
-    out: str = field("", "output folder (default: data/<format>)")
+    out_dir: str = field("", "output folder (default: data/<format>)", aliases=("--out",))
     length: int = field(0, "frames kept per episode, T (0 = the format's: 300, 300, 1500); longer ones are cut")
     height: int = field(0, "resize frames to this height (0 = keep)")
     width: int = field(0, "resize frames to this width (0 = keep)")
@@ -81,11 +81,11 @@ class IngestConfig:
         if self.episodes_per_shard < 1 or self.workers < 1:
             raise ValueError("--episodes-per-shard and --workers must be >= 1")
         self.length = self.length or DEFAULT_LENGTH[self.format]
-        self.out = self.out or str(Path("data") / self.format)
+        self.out_dir = self.out_dir or str(Path("data") / self.format)
 
     def data_config(self) -> dict:
         """The fields that define the data (saved as <out>/config.json, compared on reruns)."""
-        config = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "workers")}
+        config = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out_dir", "workers")}
         return config | {"src": str(Path(self.src).resolve())}
 
 
@@ -199,7 +199,8 @@ def convert(cfg: IngestConfig, key: str) -> dict:
         actions = np.vectorize(TECO_MC_IDS.get, otypes=[np.int64])(raw[1:])  # src[t+1] is taken after frame t
         frames = _fit(cfg, mp4, video[:-1])
         notes = {"poses": "unknown (all 0: not recorded)",
-                 "alignment": "actions[t] = src actions[t+1] (src[0] placeholder; src[k] led to frame k); last frame dropped",
+                 "alignment": "actions[t] = src actions[t+1] (src[0] placeholder; src[k] led to frame k); "
+                              "last frame dropped",
                  "action_ids": "src 1 forward->2, 2 left->0, 3 right->1"}
         return {"frames": frames, "actions": actions[:T], "poses": np.zeros((T, 5), np.float32), "notes": notes}
     z = _load_npz(npz, ("actions", "poses"))
@@ -213,7 +214,8 @@ def convert(cfg: IngestConfig, key: str) -> dict:
         raise UnreadableEpisode(f"{mp4}: {len(video)} frames, {len(raw)} actions, {len(poses)} poses (truncated?)")
     frames = _fit(cfg, mp4, video[:-1])
     notes = {"poses": "real: x,y,z,pitch,yaw from MineDojo location_stats (raw, not recentred)",
-             "alignment": "actions[t] = VPT(src actions[t+1]) (src[0] no-op; src[k] led to frame k); last frame dropped",
+             "alignment": "actions[t] = VPT(src actions[t+1]) (src[0] no-op; src[k] led to frame k); "
+                          "last frame dropped",
              "action_keys": list(VPT_KEYS)}
     return {"frames": frames, "actions": vpt_actions(raw[1:])[:T], "poses": poses[:T], "notes": notes}
 
@@ -242,14 +244,14 @@ def ingest_shard(cfg: IngestConfig, index: int, keys: list[str]) -> dict:
                                       **ep["notes"]}, sort_keys=True),
             "frames": ep["frames"], "actions": ep["actions"], "poses": ep["poses"],
             "scene": np.full((T, 4), -1, np.int16), "revisit_gap": np.full(T, -1, np.int32)})
-    entry = write_shard(episodes_to_table(rows, "frames"), Path(cfg.out) / shard_name(index)) if rows else None
+    entry = write_shard(episodes_to_table(rows, "frames"), Path(cfg.out_dir) / shard_name(index)) if rows else None
     return {"name": shard_name(index), "entry": entry, "skipped": skipped}
 
 
 def run_ingest(cfg: IngestConfig) -> dict:
     """Convert every shard not done yet; returns {written, skipped_shards, unreadable, episodes, seconds}."""
-    out = Path(cfg.out).resolve()
-    check_config(out, cfg.data_config())
+    out = Path(cfg.out_dir).resolve()
+    check_config(out, cfg.data_config(), flag_hint="--out-dir")
     remove_partials(out)  # temp files of shards whose writer was killed mid-write; never a finished shard
     sources_path = out / SOURCES
     if sources_path.exists():  # the first run fixed the episode list: shard contents never shift
@@ -262,10 +264,10 @@ def run_ingest(cfg: IngestConfig) -> dict:
     manifest = Manifest(out)
     K = cfg.episodes_per_shard
     todo = [i for i in range(-(-len(keys) // K)) if not manifest.is_done(shard_name(i))]
-    summary = {"out": str(out), "episodes": len(keys), "shards": -(-len(keys) // K), "written": 0,
+    summary = {"out_dir": str(out), "episodes": len(keys), "shards": -(-len(keys) // K), "written": 0,
                "skipped_shards": -(-len(keys) // K) - len(todo), "unreadable": 0, "seconds": 0.0}
     t0 = time.perf_counter()
-    wcfg = dataclasses.replace(cfg, out=str(out))
+    wcfg = dataclasses.replace(cfg, out_dir=str(out))
     jobs = [(wcfg, i, keys[i * K:(i + 1) * K]) for i in todo]
     pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
     bar = progress(len(keys), f"ingest {cfg.format}", unit="ep", initial=len(keys) - sum(len(j[2]) for j in jobs))
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     if summary["unreadable"]:
         print(f"pipeline.ingest: {summary['unreadable']} unreadable episode(s) listed in "
-              f"{Path(summary['out']) / REPORT}", file=sys.stderr)
+              f"{Path(summary['out_dir']) / REPORT}", file=sys.stderr)
     return 0
 
 

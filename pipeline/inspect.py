@@ -29,9 +29,18 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.cli import field, parse_config, run_cli
-from pipeline.schema import KINDS, SchemaError, check_table, to_numpy
-from pipeline.shards import (MANIFEST, NO_CHECKSUM_HINT, Manifest, describe_os_error, footer_checksums, quarantine,
-                             validate_shard, write_json_atomic)
+from pipeline.schema import SchemaError, check_table, to_numpy, unit_to_pixels
+from pipeline.shards import (
+    MANIFEST,
+    NO_CHECKSUM_HINT,
+    Manifest,
+    describe_os_error,
+    footer_checksums,
+    quarantine,
+    shard_kind,
+    validate_shard,
+    write_json_atomic,
+)
 
 # Revisit gap bins (frames between leaving a place and seeing it again), as in the paper's retrieval tables:
 # lo <= gap < hi, the last bin closed (48 <= gap <= 112).
@@ -56,21 +65,12 @@ class InspectConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
 
 
-def shard_kind(path: Path) -> str:
-    """'frames' or 'latents' from the schema metadata `memvid.kind`; older files: guessed from the columns."""
-    schema = pq.read_schema(path)
-    kind = (schema.metadata or {}).get(b"memvid.kind", b"").decode()
-    if kind in KINDS:
-        return kind
-    return "latents" if "latents" in schema.names else "frames"
-
-
 def _check_one(path: Path, entry: dict | None) -> tuple[str, str, str | None]:
     """(kind, status, reason) for one shard file; status "valid", "bad" (reason says why) or "unverified" (a
     sound footer but nothing to check the content against: no row checksums, not in the manifest)."""
     try:
-        kind = shard_kind(path)
         schema = pq.read_schema(path)
+        kind = shard_kind(schema)
     except Exception as e:
         return "unknown", "bad", f"{path}: not a readable Parquet file ({type(e).__name__}: {e})"
     if entry is None and not check_table(schema, kind) and footer_checksums(schema.metadata) is None:
@@ -114,7 +114,7 @@ def _to_pixels(table, kind: str) -> np.ndarray:
         lo = x.min(axis=(1, 2, 3, 4), keepdims=True)
         hi = x.max(axis=(1, 2, 3, 4), keepdims=True)
         x = (x - lo) / np.maximum(hi - lo, 1e-6) * 2 - 1
-    return np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)
+    return unit_to_pixels(x)
 
 
 def _upscale(x: np.ndarray, min_size: int = 96) -> np.ndarray:

@@ -23,8 +23,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import (BINARY_TENSORS, SCALAR_COLUMNS, SCHEMA_VERSION, TENSOR_COLUMNS, SchemaError, check_table,
-                             schema_version, to_numpy)
+from pipeline.schema import (
+    BINARY_TENSORS,
+    SCALAR_COLUMNS,
+    SCHEMA_VERSION,
+    TENSOR_COLUMNS,
+    SchemaError,
+    check_table,
+    schema_version,
+    to_numpy,
+)
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -32,7 +40,7 @@ QUARANTINE = "quarantine"
 ROW_SHA256 = b"memvid.row_sha256"        # footer key: JSON list, the row_checksums of the shard's rows in order
 CHECKSUMMED_COLUMNS = frozenset(SCALAR_COLUMNS) | frozenset(TENSOR_COLUMNS) | {"encoder"}
 NO_CHECKSUM_HINT = ("rerun the command that wrote it (pipeline.collect, pipeline.ingest or pipeline.encode with the "
-                    "same --out) to rewrite it with row checksums, or restore the folder's manifest.json")
+                    "same --out-dir) to rewrite it with row checksums, or restore the folder's manifest.json")
 # zstd level 3: chosen by bench/collect.py (level 1 vs 3 vs 9 on maze frames; see README "Shards").
 ZSTD_LEVEL = 3
 
@@ -257,7 +265,7 @@ def validate_shard(path: Path, kind: str = "frames", expected_sha256: str | None
     return None
 
 
-def quarantine(path: Path, reason: str, manifest: "Manifest | None" = None) -> Path:
+def quarantine(path: Path, reason: str, manifest: Manifest | None = None) -> Path:
     """Drop a bad shard from its folder's manifest (`manifest`, or the one on disk), so no tool counts it as
     done, and move it to <its folder>/quarantine/ with a <name>.reason.txt beside it; returns the new path.
     Raises OSError (naming the path) when the folder cannot be written."""
@@ -325,17 +333,39 @@ class Manifest:
         return sum(e["rows"] for e in self.shards.values())
 
 
-def check_config(folder: Path, config: dict, flag_hint: str = "--out") -> None:
+SHARD_GLOB = "shard-*.parquet"
+
+
+def finished_shards(folder: str | Path) -> list[Path]:
+    """The shards of a folder a reader uses, in name order: every one its manifest lists (raising SchemaError
+    naming any that is missing or resized, so none is skipped silently), or every shard-*.parquet when the
+    folder has no manifest. Empty when there are none."""
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        return Manifest(folder).listed_paths()
+    return sorted(p for p in folder.glob(SHARD_GLOB) if p.is_file())
+
+
+def shard_kind(schema: pa.Schema) -> str:
+    """'frames' or 'latents' from a shard's schema metadata `memvid.kind`; older files: read off the columns."""
+    kind = (schema.metadata or {}).get(b"memvid.kind", b"").decode()
+    if kind in ("frames", "latents"):
+        return kind
+    return "latents" if "latents" in schema.names else "frames"
+
+
+def check_config(folder: Path, config: dict, flag_hint: str = "--out-dir", ignore: tuple[str, ...] = ()) -> None:
     """Save `config` as config.json in `folder`, or, if one is there, insist it matches.
 
     Raises ValueError naming the differing fields so that a different run never overwrites shards.
-    Fields that do not change the data (e.g. workers, address) must be left out of `config` by the caller.
+    Fields that do not change the data (e.g. workers, address) must be left out of `config` by the caller;
+    `ignore` names keys an older version saved that no longer count.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CONFIG
     if path.exists():
-        old = json.loads(path.read_text())
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
         diff = {k: (old.get(k), config.get(k)) for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)}
         if diff:
             lines = ", ".join(f"{k}: folder has {a!r}, command asks {b!r}" for k, (a, b) in diff.items())

@@ -49,8 +49,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.schema import SchemaError, check_table, tensor_shape, to_numpy
-from pipeline.shards import MANIFEST, NO_CHECKSUM_HINT, Manifest, footer_checksums, load_shard
+from pipeline.schema import SchemaError, check_table, pixels_to_unit, tensor_shape, to_numpy
+from pipeline.shards import (
+    MANIFEST,
+    NO_CHECKSUM_HINT,
+    Manifest,
+    finished_shards,
+    footer_checksums,
+    load_shard,
+    shard_kind,
+)
 
 BATCH_KEYS = ("mem_x", "mem_actions", "mem_mask", "x", "actions")
 
@@ -88,13 +96,11 @@ def index_shards(data_dir: str | Path) -> list[ShardInfo]:
     Raises SchemaError naming a shard that cannot be used whole: listed but missing or of another size, an
     unreadable footer, a schema or row count that disagrees, or (no manifest) no row checksums."""
     folder = Path(data_dir)
-    if (folder / MANIFEST).exists():
-        manifest = Manifest(folder)
-        paths, entries = manifest.listed_paths(), manifest.shards
-    else:
-        paths, entries = sorted(folder.glob("shard-*.parquet")), {}
+    paths = finished_shards(folder)
+    entries = Manifest(folder).shards if (folder / MANIFEST).exists() else {}
     if not paths:
-        raise FileNotFoundError(f"{folder}: no shards; run pipeline.collect (frames) or pipeline.encode (latents) first")
+        raise FileNotFoundError(f"{folder}: no shards; run pipeline.collect (frames) or pipeline.encode (latents) "
+                                "first")
     fix = f"run `python -m pipeline.inspect {folder}` to move it aside, then rerun the command that wrote the folder"
     infos = []
     for p in paths:
@@ -104,7 +110,7 @@ def index_shards(data_dir: str | Path) -> list[ShardInfo]:
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated files
             raise SchemaError(f"{p}: not a readable Parquet file ({type(e).__name__}: {e}); {fix}") from e
         schema = meta.schema.to_arrow_schema()
-        column = "latents" if "latents" in schema.names else "frames"
+        column = shard_kind(schema)
         problems = check_table(schema, column)
         if problems:
             raise SchemaError(f"{p}: " + "; ".join(map(str, problems)) + f"; {fix}")
@@ -118,7 +124,8 @@ def index_shards(data_dir: str | Path) -> list[ShardInfo]:
     return infos
 
 
-def epoch_samples(shards: list[ShardInfo], spec: WindowSpec, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+def epoch_samples(shards: list[ShardInfo], spec: WindowSpec, epoch: int, rank: int = 0,
+                  world_size: int = 1) -> np.ndarray:
     """(N, 4) int64 rows [shard index, row, t0, keep] of this rank's samples in epoch order; keep = memory frames
     kept (m unless memory dropout cut them). N does not depend on revisit_share or memory_dropout."""
     rng = np.random.default_rng([spec.seed, epoch])
@@ -282,7 +289,8 @@ def make_windows(shards: list[ShardInfo], samples: np.ndarray, spec: WindowSpec,
                 out[key] = np.empty((n, t) + arr.shape[2:], arr.dtype)
         elif data.shape[2:] != out["x"].shape[2:] or data.dtype != out["x"].dtype:
             raise ValueError(f"{shards[run[0, 0]].path}: frames {data.shape[2:]} {data.dtype} differ from the "
-                             f"batch's {out['x'].shape[2:]} {out['x'].dtype}; one stream needs one frame shape and dtype")
+                             f"batch's {out['x'].shape[2:]} {out['x'].dtype}; one stream needs one frame shape "
+                             "and dtype")
         idx = run[:, 2:3] + np.arange(-m, w)[None]     # (n, m+w) frame indices, negative = padding
         valid = idx >= 0
         valid[:, :m] &= np.arange(m)[None] >= m - run[:, 3:4]  # memory dropout: the first m - keep are padding
@@ -299,15 +307,9 @@ def make_windows(shards: list[ShardInfo], samples: np.ndarray, spec: WindowSpec,
 
 def _to_model(a: np.ndarray) -> np.ndarray:
     """Rows in stored dtype (B,T,C,H,W) -> float32 model space: pixels frames/127.5 - 1, latents as stored."""
-    out = np.empty(a.shape, np.float32)
-    if a.dtype != np.uint8:
-        np.copyto(out, a)                              # latents, already scaled
-        return out
-    # two contiguous ufunc passes: about 4x faster than a 256-entry lookup table (np.take) on these arrays, and
-    # the same float32 values (k / 127.5 - 1, each step rounded to float32)
-    np.divide(a, np.float32(127.5), out=out, dtype=np.float32)
-    np.subtract(out, np.float32(1.0), out=out)
-    return out
+    if a.dtype == np.uint8:
+        return pixels_to_unit(a)
+    return a.astype(np.float32)                        # latents, already scaled
 
 
 def collate(batch: dict) -> dict:
@@ -331,7 +333,8 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def ray_collate_fn():
-    """`collate` wrapped as Ray's NumpyBatchCollateFn (a plain function is deprecated for iter_torch_batches in 2.47+)."""
+    """`collate` wrapped as Ray's NumpyBatchCollateFn (a plain function is deprecated for iter_torch_batches in
+    2.47+)."""
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     class WindowCollate(NumpyBatchCollateFn):
@@ -352,7 +355,8 @@ class LocalWindowStream:
                  epochs: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.data_dir, self.spec, self.rank, self.world_size, self.epochs = str(data_dir), spec, rank, world_size, epochs
+        self.data_dir, self.spec, self.epochs = str(data_dir), spec, epochs
+        self.rank, self.world_size = rank, world_size
         self.shards = index_shards(data_dir)
         self.num_skipped_episodes = sum(s.num_rows for s in self.shards if s.length < spec.window)
         self.epoch, self.index = 0, 0                  # samples of this rank consumed in the current epoch
@@ -388,9 +392,7 @@ class LocalWindowStream:
                 yield collate(make_windows(self.shards, np.concatenate(parts), self.spec, self.cache))
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.spec.seed, "rank": self.rank,
-                "world_size": self.world_size, "batch_size": self.spec.batch_size,
-                "revisit_share": self.spec.revisit_share, "memory_dropout": self.spec.memory_dropout}
+        return position_state(self.spec, self.epoch, self.index) | {"rank": self.rank, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; the sampling settings must match (the shares only where the state has them)."""
@@ -405,12 +407,46 @@ class LocalWindowStream:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Data position of a training run: a global sample index g over the concatenated epochs of the sample order
+# (rank 0 of 1), stored as LocalWindowStream's state at (epoch g // n, index g % n). Both training backends save
+# it, so a checkpoint of either resumes on the other; the Ray path starts its datasets at g.
+
+def samples_per_epoch(data_dir: str | Path, spec: WindowSpec) -> int:
+    """Samples per epoch of the whole order (rank 0 of 1): the same for every epoch."""
+    return len(epoch_samples(index_shards(data_dir), spec, 0))
+
+
+def position_state(spec: WindowSpec, epoch: int, index: int) -> dict:
+    """LocalWindowStream(rank 0 of 1).state_dict() when its next sample is `index` of `epoch`."""
+    return {"epoch": int(epoch), "index": int(index), "seed": spec.seed, "rank": 0, "world_size": 1,
+            "batch_size": spec.batch_size, "revisit_share": spec.revisit_share, "memory_dropout": spec.memory_dropout}
+
+
+def position_index(state: dict | None, n: int) -> int:
+    """The global sample index g of a position state (None = the start), with n samples per epoch."""
+    return 0 if not state else int(state["epoch"]) * n + int(state["index"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Ray Data path
 
 def _chunks(samples: np.ndarray, max_chunk: int) -> np.ndarray:
     """(K+1,) boundaries splitting samples into runs of one shard, at most max_chunk long."""
     cuts = set(range(0, len(samples), max_chunk)) | set((np.flatnonzero(np.diff(samples[:, 0])) + 1).tolist())
     return np.array(sorted(cuts | {len(samples)}), np.int64)
+
+
+def rank_batches(samples: np.ndarray, batch_size: int, rank: int, ranks: int) -> np.ndarray:
+    """Worker `rank`'s samples when each step takes `ranks` consecutive batches of `batch_size`: batch k of the
+    result is batch k * ranks + rank of `samples` (whole groups of `ranks` batches only, so every worker gets the
+    same number of batches). ranks == 1 returns samples unchanged."""
+    if not 0 <= rank < ranks:
+        raise ValueError(f"rank must be in [0, {ranks}), got {rank}")
+    if ranks == 1:
+        return samples
+    per_step = batch_size * ranks
+    steps = len(samples) // per_step
+    return samples[: steps * per_step].reshape(steps, ranks, batch_size, -1)[:, rank].reshape(steps * batch_size, -1)
 
 
 _worker_cache: ShardCache | None = None               # one per Ray worker process, built on first use
@@ -426,7 +462,8 @@ def _window_chunks(batch: dict, shards, samples, bounds, spec) -> dict:
 
 
 def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, start: int = 0, rank: int = 0,
-                       world_size: int = 1, num_epochs: int = 1, max_chunk: int = 256, num_cpus: float = 0.5):
+                       world_size: int = 1, num_epochs: int = 1, max_chunk: int = 256, num_cpus: float = 0.5,
+                       step_rank: int = 0, step_ranks: int = 1):
     """Window rows of epochs epoch .. epoch+num_epochs-1 (in that order) from sample `start` of the first, as a
     Ray Data dataset: the same rows, in the same order, as LocalWindowStream from state (epoch, start).
 
@@ -434,6 +471,10 @@ def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, s
     position. Order is preserved (preserve_order) so `iter_batches(batch_size=spec.batch_size)` gives the same
     batches as the local stream, across epoch ends too. Use num_epochs rather than `Dataset.union` of one-epoch
     datasets: union interleaves its inputs' blocks (measured here), which breaks the order.
+
+    step_rank / step_ranks: one data-parallel worker's rows when a training step takes step_ranks consecutive
+    batches of spec.batch_size samples, worker r the r-th (`rank_batches`). Each worker then reads a dataset of its
+    own, fixed by its rank, instead of a streaming split whose block-to-worker assignment Ray makes at run time.
     """
     import ray
     from ray.data import DataContext
@@ -443,6 +484,7 @@ def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, s
         raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
     samples = np.concatenate([epoch_samples(shards, spec, e, rank, world_size)
                               for e in range(epoch, epoch + num_epochs)])[start:]
+    samples = rank_batches(samples, spec.batch_size, step_rank, step_ranks)
     if not len(samples):
         raise ValueError(f"{data_dir}: no samples left in epoch {epoch} from start={start} (window={spec.window})")
     bounds = _chunks(samples, max_chunk)

@@ -164,7 +164,7 @@ def test_lookback_bad_setting_is_named(setting):
 
 def test_collect_worker_writes_lookback_shards(tmp_path):
     cfg = CollectConfig(agent="lookback", episodes=1, length=300, resolution=16, episodes_per_shard=1,
-                        out=str(tmp_path), max_retries=0)
+                        out_dir=str(tmp_path), max_retries=0)
     result = render_shard(cfg, 0)  # the body of collect's Ray task, run here without Ray
     assert result["entry"] is not None and result["failures"] == []
     table = read_shard(tmp_path / "shard-00000.parquet")

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MISTAKES = [
     ("pipeline.collect", "--episodes 0", "--episodes"),
     ("pipeline.collect", "--env nope", "--env"),
-    ("pipeline.ingest", "--format worldmem {missing} --out {tmp}/out", "{missing}"),
+    ("pipeline.ingest", "--format worldmem {missing} --out-dir {tmp}/out", "{missing}"),
     ("pipeline.encode", "--in-dir {missing} --out-dir {tmp}/out --backend local", "{missing}"),
     ("pipeline.inspect", "{missing}", "{missing}"),
     ("pipeline.eval_cases", "--data-dir {missing}", "{missing}"),
@@ -24,7 +24,7 @@ MISTAKES = [
     ("training.train", "--steps ten", "--steps"),
     ("training.evaluate", "", "--checkpoint is required"),
     ("training.evaluate", "--checkpoint {missing}", "{missing}"),
-    ("training.demo", "--short-memory 99 --out {tmp}/demo", "--short-memory"),
+    ("training.demo", "--short-memory 99 --out-dir {tmp}/demo", "--short-memory"),
     ("training.theory", "--seed x", "--seed"),
     ("tuning.sweep_budget", "--data-dir {missing} --out {tmp}/sweep --dry-run", "--data-dir {missing}"),
     ("tuning.sweep_budget", "--data-dir {missing} --out {tmp}/sweep", "--data-dir {missing}"),
@@ -67,7 +67,7 @@ def test_help_names_the_module_and_keeps_the_examples(tmp_path):
     assert "--window 16 \\\n        --data-dir" in train                   # the continued example keeps its break
     collect = subprocess.run([sys.executable, "-m", "pipeline.collect", "--help"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60).stdout
-    out_help = collect[collect.index("\n  --out OUT") + 1:].split("\n  --")[0]
+    out_help = collect[collect.index("\n  --out-dir OUT_DIR") + 1:].split("\n  --")[0]
     assert "(default: data/<env>)" in out_help and out_help.count("default:") == 1
 
 

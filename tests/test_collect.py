@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny(out, **kw) -> CollectConfig:
     """6 episodes x 8 frames at 16x16, 2 per shard -> 3 shards."""
     args = dict(episodes=6, length=8, resolution=16, maze_size=5, episodes_per_shard=2, workers=2, seed=3,
-                agent="explore", out=str(out), max_retries=1, episode_timeout_sec=120.0)
+                agent="explore", out_dir=str(out), max_retries=1, episode_timeout_sec=120.0)
     args.update(kw)
     return CollectConfig(**args)
 
@@ -165,9 +165,9 @@ def test_bad_config_names_the_flag(kw, flag, tmp_path):
 
 
 def test_maze_size_labmaze_rejects_fails_before_ray(tmp_path, capsys):
-    assert main(["--maze-size", "4", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert main(["--maze-size", "4", "--out-dir", str(tmp_path), "--dry-run"]) == 2
     assert "--maze-size" in capsys.readouterr().err
-    assert main(["--maze-size", "7", "--out", str(tmp_path), "--dry-run"]) == 0
+    assert main(["--maze-size", "7", "--out-dir", str(tmp_path), "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["maze_size"] == 7
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
@@ -183,10 +183,11 @@ def test_cli_joins_the_running_cluster(clean, ray_cluster, tmp_path):
     _, _, blobs = clean
     address = ray_cluster.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "pipeline.collect", "--address", address, "--episodes", "6", "--length", "8",
-           "--resolution", "16", "--maze-size", "5", "--episodes-per-shard", "2", "--seed", "3", "--out", str(tmp_path)]
+           "--resolution", "16", "--maze-size", "5", "--episodes-per-shard", "2", "--seed", "3",
+           "--out-dir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout[proc.stdout.index('{\n  "out"'):])["written"] == 3
+    assert json.loads(proc.stdout[proc.stdout.index('{\n  "out_dir"'):])["written"] == 3
     assert shard_bytes(tmp_path) == blobs
 
 

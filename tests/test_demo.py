@@ -13,7 +13,6 @@ import pytest
 
 from training.demo import STAGES, DemoConfig, run_demo, summary
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,10 +39,10 @@ def test_check_log_catches_repeats():
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_quick_demo_runs_every_stage_and_resumes(tmp_path, capsys):
-    cfg = DemoConfig(quick=True, out=str(tmp_path / "demo"))
+    cfg = DemoConfig(quick=True, out_dir=str(tmp_path / "demo"))
     assert cfg.episodes == 4 and cfg.train_steps == 12  # --quick sizes
     # the command a user types, its output going to a file (stdout and stderr together, as `> log 2>&1`)
-    proc = subprocess.run([sys.executable, "-m", "training.demo", "--quick", "--out", cfg.out], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "training.demo", "--quick", "--out-dir", cfg.out_dir], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:]
     check_log(proc.stdout)
@@ -82,4 +81,4 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     assert "mlflow ui --backend-store-uri sqlite:///" in summary(cfg, again)
     # a different config in the same folder is refused, naming the field
     with pytest.raises(ValueError, match="train_steps"):
-        run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo"), train_steps=20))
+        run_demo(DemoConfig(quick=True, out_dir=str(tmp_path / "demo"), train_steps=20))

@@ -268,7 +268,7 @@ def test_collect_dmlab_with_a_crash_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DMLAB_CRASHFILE", str(tmp_path / "crashed-once"))
     out = tmp_path / "data"
     cfg = CollectConfig(env="dmlab", episodes=3, length=10, resolution=16, episodes_per_shard=2, workers=2,
-                        out=str(out), max_retries=1)
+                        out_dir=str(out), max_retries=1)
     summary = run_collect(cfg)
     assert summary["written"] == 2 and summary["failed"] == [] and summary["failures_logged"] == 1
     # Two workers, one engine each, plus the one that replaced the crashed engine.

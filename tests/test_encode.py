@@ -29,14 +29,14 @@ def _read_all(folder, column):
 
 @pytest.fixture()
 def tiny_vae(tmp_path):
-    from diffusers import AutoencoderKL
-
     import torch
+    from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=1.5305, shift_factor=0.0609)
+                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=1.5305,
+                        shift_factor=0.0609)
     path = tmp_path / "vae"
     vae.save_pretrained(path)
     return path

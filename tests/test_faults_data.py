@@ -20,10 +20,12 @@ import pytest
 import torch
 
 from pipeline.cli import run_cli
-from pipeline.encode import EncodeConfig, main as encode_main, run_encode
+from pipeline.encode import EncodeConfig, run_encode
+from pipeline.encode import main as encode_main
 from pipeline.encoders import make_encoder
 from pipeline.eval_cases import build_eval_cases
-from pipeline.inspect import inspect_dir, main as inspect_main
+from pipeline.inspect import inspect_dir
+from pipeline.inspect import main as inspect_main
 from pipeline.schema import SchemaError, episodes_to_table, to_numpy
 from pipeline.shards import MANIFEST, ROW_SHA256, Manifest, sha256, write_shard, writer_options
 from pipeline.synthetic import synthetic_episode, write_synthetic_shards

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import make_latents, tiny_config
 
-from test_train import data, make_latents, one_thread, out, tiny_config  # noqa: F401 (shared fixtures)
 from training import checkpoint as ckpt
 from training.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures one_thread, data, out: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def test_teco_dmlab_npz(tmp_path):
     np.savez(src / "1.npz", video=colour_video(T, 16, 16, 7), actions=acts[1], pos=np.arange(3 * T).reshape(T, 3))
     np.savez(src / "2.npz", video=colour_video(T, 16, 16, 9))  # no 'actions'
     out = tmp_path / "out"
-    summary = run_ingest(IngestConfig(format="teco-dmlab", src=str(tmp_path / "dmlab"), out=str(out), length=T,
+    summary = run_ingest(IngestConfig(format="teco-dmlab", src=str(tmp_path / "dmlab"), out_dir=str(out), length=T,
                                       episodes_per_shard=2))
     # shard 0 = episodes 0, 1; shard 1 = episode 2 only, unreadable: no shard, the file is reported
     assert summary["shards"] == 2 and summary["written"] == 1 and summary["unreadable"] == 1
@@ -77,7 +77,7 @@ def test_teco_minecraft_mp4_alignment_and_truncated_file(tmp_path):
     (src / "000001.mp4").write_bytes(data[: len(data) // 2])  # truncated download
     np.savez_compressed(src / "000001.npz", actions=raw)
     out = tmp_path / "out"
-    summary = run_ingest(IngestConfig(format="teco-minecraft", src=str(tmp_path / "minecraft"), out=str(out),
+    summary = run_ingest(IngestConfig(format="teco-minecraft", src=str(tmp_path / "minecraft"), out_dir=str(out),
                                       length=T))
     assert summary["written"] == 1 and summary["unreadable"] == 1
     report = json.loads((out / "ingest_report.json").read_text())["unreadable"]
@@ -102,9 +102,10 @@ def test_worldmem_vpt_actions_and_poses(tmp_path):
     np.savez_compressed(src / "000001.npz", actions=raw)  # missing 'poses'
     write_mp4(src / "000001.mp4", video, fps=10)
     out = tmp_path / "out"
-    summary = run_ingest(IngestConfig(format="worldmem", src=str(tmp_path / "worldmem"), out=str(out), length=T))
+    summary = run_ingest(IngestConfig(format="worldmem", src=str(tmp_path / "worldmem"), out_dir=str(out), length=T))
     assert summary["written"] == 1 and summary["unreadable"] == 1
-    assert "missing key(s) ['poses']" in json.loads((out / "ingest_report.json").read_text())["unreadable"]["training/000001"]
+    unreadable = json.loads((out / "ingest_report.json").read_text())["unreadable"]
+    assert "missing key(s) ['poses']" in unreadable["training/000001"]
     ep = shard_rows(out)["worldmem-training/000000"]
     assert ep["actions"].shape == (T, 25) and ep["actions"].dtype == np.int64
     assert np.array_equal(ep["actions"], vpt_actions(raw[1:]))
@@ -121,7 +122,7 @@ def test_rerun_resumes_and_changes_nothing(tmp_path):
     for i in range(5):
         np.savez(src / f"{i}.npz", video=colour_video(T, 8, 8, i), actions=np.zeros(T, np.int64))
     out = tmp_path / "out"
-    cfg = dict(format="teco-dmlab", src=str(src), out=str(out), length=T, episodes_per_shard=2)
+    cfg = dict(format="teco-dmlab", src=str(src), out_dir=str(out), length=T, episodes_per_shard=2)
     first = run_ingest(IngestConfig(**cfg))
     before = {p.name: p.read_bytes() for p in out.glob("shard-*.parquet")}
     (out / "shard-00001.parquet").unlink()  # lost one shard
@@ -134,7 +135,7 @@ def test_rerun_resumes_and_changes_nothing(tmp_path):
 
 
 def test_cli_dry_run_and_bad_format(tmp_path, capsys):
-    assert main(["--format", "worldmem", str(tmp_path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert main(["--format", "worldmem", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["length"] == 1500
     with pytest.raises(SystemExit):
         main(["--format", "nope", str(tmp_path)])
@@ -149,7 +150,7 @@ def test_workers_do_not_change_the_bytes(tmp_path):
     outs = {}
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
-        run_ingest(IngestConfig(format="teco-dmlab", src=str(src), out=str(out), length=T, episodes_per_shard=1,
+        run_ingest(IngestConfig(format="teco-dmlab", src=str(src), out_dir=str(out), length=T, episodes_per_shard=1,
                                 workers=workers))
         outs[workers] = {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.parquet"))}
     assert len(outs[1]) == 4 and outs[1] == outs[2]

@@ -21,7 +21,7 @@ def collected(tmp_path_factory) -> Path:
     """3 shards x 2 episodes x 8 frames at 16x16 of the revisit agent, with manifest and config."""
     out = tmp_path_factory.mktemp("collected")
     cfg = CollectConfig(episodes=6, length=8, resolution=16, maze_size=7, episodes_per_shard=2, seed=1,
-                        agent="revisit", out=str(out))
+                        agent="revisit", out_dir=str(out))
     check_config(out, cfg.data_config())
     manifest = Manifest(out)
     for i in range(cfg.num_shards):

@@ -7,8 +7,7 @@ import gymnasium
 import numpy as np
 import pytest
 
-from envs import ENV_NAMES, make_env
-from envs import raycast
+from envs import ENV_NAMES, make_env, raycast
 from envs.maze import GYM_ID, NUM_ACTIONS, floor_texture_names, room_styles, wall_texture_names
 
 RED, GREEN, BLUE = (200, 0, 0), (0, 200, 0), (0, 0, 200)

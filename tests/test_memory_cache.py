@@ -94,7 +94,7 @@ def test_sample_cached_equals_uncached(memory, compression):
     for sched in SCHEDULES:
         out = [sample(net, diffusion, sched, actions, mem_x, mem_a, M, torch.Generator().manual_seed(6), eta=0.5,
                       cache_memory=cached) for cached in (True, False)]
-        torch.testing.assert_close(out[0], out[1], **TOL, msg=lambda m: f"{sched.name}: {m}")
+        torch.testing.assert_close(out[0], out[1], **TOL, msg=lambda m, sched=sched: f"{sched.name}: {m}")
 
 
 class Recorder(torch.nn.Module):

@@ -81,7 +81,8 @@ def _ar1(batch: int, frames: int, d: int, generator: torch.Generator) -> torch.T
     x = torch.empty(batch, frames, d, dtype=torch.float64)
     x[:, 0] = torch.randn(batch, d, generator=generator, dtype=torch.float64)
     for t in range(1, frames):
-        x[:, t] = RHO * x[:, t - 1] + (1 - RHO ** 2) ** 0.5 * torch.randn(batch, d, generator=generator, dtype=torch.float64)
+        noise = torch.randn(batch, d, generator=generator, dtype=torch.float64)
+        x[:, t] = RHO * x[:, t - 1] + (1 - RHO ** 2) ** 0.5 * noise
     return x.float()[..., None, None]
 
 
@@ -133,8 +134,9 @@ def test_memory_bottleneck_without_references():
     frames across an AR-step boundary drops from rho to 0 while it stays rho inside a window."""
     diffusion = Diffusion(1000)
     B, d, w = 4096, 2, 3
-    video = sample(GaussianAR1Denoiser(diffusion), diffusion, outpainting(w, 32), torch.zeros(B, 2 * w, dtype=torch.long),
-                   None, None, 0, torch.Generator().manual_seed(4), frame_shape=(d, 1, 1))
+    video = sample(GaussianAR1Denoiser(diffusion), diffusion, outpainting(w, 32),
+                   torch.zeros(B, 2 * w, dtype=torch.long), None, None, 0, torch.Generator().manual_seed(4),
+                   frame_shape=(d, 1, 1))
     z = video.reshape(B, 2 * w, d).double()
     corr = lambda i, j: float(torch.corrcoef(torch.stack([z[:, i].flatten(), z[:, j].flatten()]))[0, 1])
     assert abs(corr(0, 1) - RHO) < 0.06 and abs(corr(w, w + 1) - RHO) < 0.06
@@ -245,7 +247,7 @@ def test_sampler_drives_the_tiny_denoiser(memory, compression):
     mem = torch.rand(B, 2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     mem_a = torch.zeros(B, 2, dtype=torch.long)
     for sched in (outpainting(2, 2), fifo(2)):
-        def run(a, memory_x):
+        def run(a, memory_x, sched=sched):
             return sample(net, diffusion, sched, a, memory_x, mem_a, m, torch.Generator().manual_seed(2))
 
         out = run(actions, mem)

@@ -12,8 +12,15 @@ import torch
 
 from pipeline.encode import EncodeConfig, run_encode
 from pipeline.inspect import inspect_dir
-from pipeline.schema import (SCHEMA_VERSION, SchemaError, check_table, episodes_to_table, schema_version, tensor_shape,
-                             to_numpy)
+from pipeline.schema import (
+    SCHEMA_VERSION,
+    SchemaError,
+    check_table,
+    episodes_to_table,
+    schema_version,
+    tensor_shape,
+    to_numpy,
+)
 from pipeline.shards import Manifest, load_shard, sha256, validate_shard, write_shard
 from pipeline.synthetic import synthetic_episode, write_synthetic_shards
 from pipeline.windows import LocalWindowStream, WindowSpec

@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 
 
 def _flags(data, out):
-    return ["--data-dir", str(data), "--out", str(out), *FLAGS]
+    return ["--data-dir", str(data), "--out-dir", str(out), *FLAGS]
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ def test_sweep_interrupted_then_resumed(ray_cluster, data, tmp_path):
     done = {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")}
     assert done, "no trial finished before the interrupt:\n" + log[-3000:]
     # [2] Rerun the same command: the sweep resumes, the finished trial is not run again.
-    cfg = SweepConfig(data_dir=str(data), out=str(out), grid="full", structures=["prepend"], memory_lengths=[4, 8],
+    cfg = SweepConfig(data_dir=str(data), out_dir=str(out), grid="full", structures=["prepend"], memory_lengths=[4, 8],
                       compressions=["none"], steps=4, batch_size=2, window=4, probe_max_steps=5,
                       max_concurrent_trials=1, address=address)
     result = run_sweep(cfg)
@@ -86,14 +86,14 @@ def test_sweep_interrupted_then_resumed(ray_cluster, data, tmp_path):
 
 def test_bad_sweeps_fail_before_any_trial(ray_cluster, data, tmp_path):
     with pytest.raises(ValueError, match="empty"):
-        run_sweep(SweepConfig(data_dir=str(data), out=str(tmp_path / "a"), structures=["cross_attn"]))
+        run_sweep(SweepConfig(data_dir=str(data), out_dir=str(tmp_path / "a"), structures=["cross_attn"]))
     with pytest.raises(ValueError, match="--budgets"):
-        run_sweep(SweepConfig(data_dir=str(data), out=str(tmp_path / "b"), grid="full", memory_lengths=[16],
+        run_sweep(SweepConfig(data_dir=str(data), out_dir=str(tmp_path / "b"), grid="full", memory_lengths=[16],
                               budgets=[32]))
     with pytest.raises(ValueError, match="--gpus-per-trial 8"):
-        run_sweep(SweepConfig(data_dir=str(data), out=str(tmp_path / "c"), gpus_per_trial=8))
+        run_sweep(SweepConfig(data_dir=str(data), out_dir=str(tmp_path / "c"), gpus_per_trial=8))
     with pytest.raises(FileNotFoundError, match="--data-dir"):
-        run_sweep(SweepConfig(data_dir=str(tmp_path / "nothing"), out=str(tmp_path / "d")))
+        run_sweep(SweepConfig(data_dir=str(tmp_path / "nothing"), out_dir=str(tmp_path / "d")))
     assert not (tmp_path / "a" / "trials").exists() and not (tmp_path / "c" / "tune").exists()
 
 
@@ -103,8 +103,8 @@ def test_data_is_checked_against_every_trial_before_the_first(tmp_path):
     write_synthetic_shards(tmp_path / "episodes", num_shards=1, episodes_per_shard=3, length=40, size=8, seed=2)
     run_encode(EncodeConfig(in_dir=str(tmp_path / "episodes"), out_dir=str(tmp_path / "latents"), backend="local"))
     build_eval_cases(tmp_path / "latents", cases_per_bin=1, max_memory=8, horizon=4, seed=0, window=4)
-    short = dict(data_dir=str(tmp_path / "latents"), out=str(tmp_path / "sweep"), grid="full", structures=["prepend"],
-                 memory_lengths=[4, 8], compressions=["none"], steps=4, batch_size=2, window=4)
+    short = dict(data_dir=str(tmp_path / "latents"), out_dir=str(tmp_path / "sweep"), grid="full",
+                 structures=["prepend"], memory_lengths=[4, 8], compressions=["none"], steps=4, batch_size=2, window=4)
     with pytest.raises(ValueError, match=r"--num-rollout-cases 2: rollout cases need episodes longer than 64 frames, "
                                          r"the longest in --data-dir .* has 40; pass --num-rollout-cases 0"):
         run_sweep(SweepConfig(**short))
@@ -130,7 +130,7 @@ def test_rerun_of_a_sweep_whose_trial_failed_says_which_and_why(ray_cluster, dat
     client = MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
     sigterm = signal.getsignal(signal.SIGTERM)  # main routes SIGTERM to Ctrl-C; give pytest its own back
     try:
-        for attempt in range(2):  # the first run, then the same command again
+        for _attempt in range(2):  # the first run, then the same command again
             code, err = main(flags), capsys.readouterr().err
             assert code == 1 and "trial prepend-m4 failed: NotADirectoryError: " in err, err
             [parent] = client.search_runs([client.get_experiment_by_name("memvid-sweeps").experiment_id],
@@ -142,4 +142,5 @@ def test_rerun_of_a_sweep_whose_trial_failed_says_which_and_why(ray_cluster, dat
     finally:
         signal.signal(signal.SIGTERM, sigterm)
     runs = client.search_runs([parent.info.experiment_id], "")
-    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("prepend-m4", "FINISHED"), (out.name, "FINISHED")]
+    statuses = sorted((r.info.run_name, r.info.status) for r in runs)
+    assert statuses == [("prepend-m4", "FINISHED"), (out.name, "FINISHED")]

@@ -37,7 +37,8 @@ def test_laptop_preset_is_the_demo_recipe_on_the_laptop_grid(tmp_path):
     assert {c.name for c in combos} == {"prepend-m4", "prepend-m8", "prepend-m16", "prepend-m16-joint4"}
     assert any(c.budget < c.memory_length for c in combos)              # one compressed row
     values = cfg.resolved()
-    assert (values["lr"], values["revisit_share"], values["model_preset"]) == (1e-3, 0.9, "tiny")
+    assert (values.lr, values.revisit_share, values.model_size) == (1e-3, 0.9, "tiny")
+    assert SweepConfig(preset="laptop", steps=10).resolved().steps == 10       # a given flag replaces the preset's
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="--cases"):            # --dry-run checks --cases up front
         main(["--preset", "laptop", "--data-dir", str(tmp_path), "--cases", str(tmp_path / "none.parquet"),
@@ -79,6 +80,32 @@ def test_report_files_hold_the_trials_numbers(tmp_path):
     assert float(rows[1]["retrieval/0-16"]) == 0.8
     for key in ("retrieval_vs_budget", "retrieval_vs_decay", "retrieval_vs_cost"):
         assert paths[key].stat().st_size > 1000 and paths[key].read_bytes()[:4] == b"\x89PNG"
+
+
+def _curve(rates: dict[str, float], n: int = 20) -> dict:
+    return {b: {"rate": r, "lo": max(0.0, r - 0.1), "hi": min(1.0, r + 0.1), "n": n, "successes": round(r * n)}
+            for b, r in rates.items()}
+
+
+def test_retrieval_vs_d_per_trial_beside_its_copy_oracle(tmp_path):
+    """The sweep's retrieval-vs-d view: each trial's model curve and the copy oracle of its own memory length."""
+    trials = [_trial("prepend-m4", "prepend", 4, "none", 4, 0.3, 1.0, 1e9),
+              _trial("prepend-m16", "prepend", 16, "none", 16, 0.5, 1.0, 2e9)]
+    trials[0]["curves"] = {"kind": "exact", "rows": {
+        "model m=4": _curve({"2-4": 0.5, "4-8": 0.05, "8-12": 0.0}),
+        "copy m=4": _curve({"2-4": 1.0, "4-8": 0.0, "8-12": 0.0})}}
+    trials[1]["curves"] = {"kind": "exact", "rows": {
+        "model m=16": _curve({"2-4": 0.5, "4-8": 0.4, "8-12": 0.35}),
+        "copy m=16": _curve({"2-4": 1.0, "4-8": 1.0, "8-12": 1.0}),
+        "copy m=4": _curve({"2-4": 1.0, "4-8": 0.0, "8-12": 0.0})}}   # another trial's oracle: not its row
+    paths = write_report(trials, tmp_path)
+    md = paths["results_md"].read_text()
+    assert "| prepend-m4 | model m=4 | 0.50 (20) | 0.05 (20) | 0.00 (20) |" in md
+    assert "| prepend-m16 | copy m=16 | 1.00 (20) | 1.00 (20) | 1.00 (20) |" in md
+    assert "| prepend-m16 | copy m=4 |" not in md
+    assert paths["retrieval_vs_d"].read_bytes()[:4] == b"\x89PNG"
+    no_curves = [{k: v for k, v in t.items() if k != "curves"} for t in trials]   # records of an older sweep
+    assert "retrieval_vs_d" not in write_report(no_curves, tmp_path / "old")
 
 
 def test_pareto_and_correlation():

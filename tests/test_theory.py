@@ -3,8 +3,19 @@ import pytest
 import torch
 
 from training.diffusion import Diffusion
-from training.gaussian_video import (ExactDenoiser, ar1, conditional_kl, frame_clock, lag_correlation, marginal_kl,
-                                     memory_bottleneck, mixture, observation_cov, sample_correlation, seasonal)
+from training.gaussian_video import (
+    ExactDenoiser,
+    ar1,
+    conditional_kl,
+    frame_clock,
+    lag_correlation,
+    marginal_kl,
+    memory_bottleneck,
+    mixture,
+    observation_cov,
+    sample_correlation,
+    seasonal,
+)
 from training.sampler import sample
 from training.schedules import outpainting
 from training.theory import TheoryConfig, accumulation_grid, main, schedule_grid
@@ -178,7 +189,7 @@ def test_run_writes_tables_figures_and_mlflow(tmp_path, capsys):
     from training.theory import run_theory
     from training.tracking import default_tracking_uri
 
-    cfg = TheoryConfig(out=str(tmp_path / "theory"), num_samples=256, rollout_samples=256, lags=[4],
+    cfg = TheoryConfig(out_dir=str(tmp_path / "theory"), num_samples=256, rollout_samples=256, lags=[4],
                        memory_lengths=[0, 4], steps=8, schedules=["outpainting:8"], schedule_memory_lengths=[4],
                        schedule_frames=8, accum_frames=16, segment=8, accum_schedules=["outpainting"],
                        levels_per_frame=[4], score_errors=[0.05], score_error_levels=4)
@@ -191,6 +202,6 @@ def test_run_writes_tables_figures_and_mlflow(tmp_path, capsys):
             assert width >= 1000, (name, width)
     assert "| 4 | 4 | yes | 0.382 |" in result["paths"]["results.md"].read_text()  # MB(g=4, m=4), closed form
     assert len(result["paths"]["results.csv"].read_text().splitlines()) == 1 + len(result["rows"])
-    run = MlflowClient(default_tracking_uri(cfg.out)).get_run(result["run_id"])
+    run = MlflowClient(default_tracking_uri(cfg.out_dir)).get_run(result["run_id"])
     assert run.data.metrics["mb/g4_m4/theory_nats"] == pytest.approx(0.382, abs=5e-4)
     assert "[theory]" in capsys.readouterr().out

@@ -84,7 +84,8 @@ def test_runs_end_with_their_true_status(tmp_path):
     failed = tracking.start_or_resume_run(uri, "exp", "failed")
     failed.end_with(OSError(28, "No space left on device"), "train: ")
     run = client.get_run(failed.run_id)
-    assert run.info.status == "FAILED" and run.data.tags["stopped"] == "train: OSError: [Errno 28] No space left on device"
+    assert run.info.status == "FAILED"
+    assert run.data.tags["stopped"] == "train: OSError: [Errno 28] No space left on device"
     finished = tracking.start_or_resume_run(uri, "exp", "finished")
     finished.end()
     finished.end_with(RuntimeError("later"))  # only_if_running: a FINISHED run stays FINISHED
@@ -189,7 +190,7 @@ def test_experiments_open_on_the_runs_table(tmp_path):
 def test_demo_summary_prints_the_runs_address(tmp_path):
     from training.demo import DemoConfig, summary
 
-    cfg = DemoConfig(out=str(tmp_path / "demo"))
+    cfg = DemoConfig(out_dir=str(tmp_path / "demo"))
     run = tracking.start_or_resume_run(tracking.default_tracking_uri(cfg.root), "memvid-demo", "demo")
     done = {"collect": {"dir": "e", "seconds": 1}, "encode": {"dir": "l"}, "eval_cases": {"cases": "c"},
             "train": {"checkpoint": "k", "final_loss": 0.25, "mlflow_run_id": run.run_id}, "evaluate": {"dir": "v"}}

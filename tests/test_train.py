@@ -20,6 +20,8 @@ from training.train import TrainConfig, run_training
 
 RES, CHANNELS, T_EPISODE = 8, 3, 24
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures one_thread, data, out: tests/conftest.py
+
 
 def make_latents(folder: Path, num_episodes: int = 1, seed: int = 0) -> Path:
     """A latent-shard folder (one shard) of smooth random clips, as pipeline.encode would write it.
@@ -43,7 +45,7 @@ def make_latents(folder: Path, num_episodes: int = 1, seed: int = 0) -> Path:
 
 
 def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data_dir=str(data), out_dir=str(out), backend="local", preset="tiny", memory="prepend",
+    base = dict(data_dir=str(data), out_dir=str(out), backend="local", model_size="tiny", memory="prepend",
                 memory_length=4, budget=4, window=4, batch_size=4, steps=4, log_every=1, checkpoint_every=2,
                 lr=1e-3, seed=3)
     return TrainConfig(**(base | kw))
@@ -55,26 +57,6 @@ def loss_history(out: TrainConfig, run_id: str) -> dict[int, float]:
 
     hist = make_client(out.resolved_tracking_uri()).get_metric_history(run_id, "loss")
     return {m.step: m.value for m in sorted(hist, key=lambda m: m.timestamp)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, 2 threads per process thrash (measured 50x slower backward)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_latents(tmp_path_factory.mktemp("latents"))
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
-    """One output folder (one mlflow.db) for the module: creating an MLflow store costs seconds."""
-    return tmp_path_factory.mktemp("out")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +141,7 @@ def test_checkpoint_of_another_config_is_refused(data, straight):
 
 
 def test_checkpoint_of_other_window_sampling_is_refused(straight):
-    from training.checkpoint import check_compatible
+    from training.config import check_resumable
 
     cfg, _ = straight  # trained with the defaults: --revisit-share 0.5 --memory-dropout 0.5
     with pytest.raises(ValueError, match=r"trained with --revisit-share 0.5, this command has 0.0"):
@@ -169,8 +151,25 @@ def test_checkpoint_of_other_window_sampling_is_refused(straight):
     # a checkpoint written before the two fields existed was trained on uniform windows with full memory
     old = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("revisit_share", "memory_dropout")}
     with pytest.raises(ValueError, match=r"trained with --revisit-share 0.0, this command has 0.5"):
-        check_compatible(old, dataclasses.asdict(cfg), "old")
-    check_compatible(old, dataclasses.asdict(dataclasses.replace(cfg, revisit_share=0.0, memory_dropout=0.0)), "old")
+        check_resumable(old, cfg, "old")
+    check_resumable(old, dataclasses.replace(cfg, revisit_share=0.0, memory_dropout=0.0), "old")
+    # a checkpoint saved before --preset was named --model-size still resumes, and keeps its size
+    renamed = {("preset" if k == "model_size" else k): v for k, v in dataclasses.asdict(cfg).items()}
+    check_resumable(renamed, cfg, "old")
+    with pytest.raises(ValueError, match=r"trained with --model-size 'tiny', this command has 'small'"):
+        check_resumable(renamed, dataclasses.replace(cfg, model_size="small"), "old")
+
+
+def test_every_field_that_shapes_the_model_or_data_must_match_to_resume(straight):
+    """Which fields a resumed run must keep is read off the config (a field flag), not a hand-kept list: a rerun
+    with another --num-actions is refused by name instead of dying in load_state_dict."""
+    from training.config import RESUME_FIELDS
+
+    assert {"num_actions", "model_size", "memory", "memory_length", "window", "seed"} <= set(RESUME_FIELDS)
+    assert not {"steps", "num_workers", "log_every", "out_dir"} & set(RESUME_FIELDS)
+    cfg, _ = straight
+    with pytest.raises(ValueError, match=r"trained with --num-actions 7, this command has 9"):
+        run_training(dataclasses.replace(cfg, num_actions=9, steps=6))
 
 
 def test_cli_dry_run_prints_resolved_config(capsys, data, tmp_path):

@@ -12,8 +12,19 @@ import torch
 from pipeline.encode import EncodeConfig, run_encode
 from pipeline.schema import to_numpy
 from pipeline.synthetic import write_synthetic_shards
-from pipeline.windows import (LocalWindowStream, ShardCache, WindowSpec, collate, epoch_samples, index_shards,
-                              make_windows, ray_collate_fn, ray_window_dataset, reach_stats)
+from pipeline.windows import (
+    LocalWindowStream,
+    ShardCache,
+    WindowSpec,
+    collate,
+    epoch_samples,
+    index_shards,
+    make_windows,
+    rank_batches,
+    ray_collate_fn,
+    ray_window_dataset,
+    reach_stats,
+)
 
 
 @pytest.fixture()
@@ -80,7 +91,8 @@ def test_windows_content_padding_and_skips(data):
     for b in batches:
         for x, acts, mem, mask in zip(b["x"], b["actions"], b["mem_x"], b["mem_mask"]):
             pix = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
-            hits = [(e, t0) for e, (f, _) in episodes.items() for t0 in range(24 - 5) if np.array_equal(f[t0:t0 + 6], pix)]
+            hits = [(e, t0) for e, (f, _) in episodes.items() for t0 in range(24 - 5)
+                    if np.array_equal(f[t0:t0 + 6], pix)]
             assert len(hits) == 1
             e, t0 = hits[0]
             assert t0 >= 12                                 # full memory: T >= m + w here
@@ -165,6 +177,23 @@ def test_ray_path_matches_local_and_resumes(data, ray_cluster):
     resumed = ray_window_dataset(data, spec5, epoch=0, start=2 * spec5.batch_size, num_epochs=2)
     tail = [collate(b) for b in resumed.iter_batches(batch_size=spec5.batch_size, batch_format="numpy")]
     assert _same(tail[:8], expected)
+    # two data-parallel workers, each its own dataset: worker r's batch k is batch 2k + r of the one-worker order,
+    # so the two together train on exactly the batches one worker would, whatever Ray's scheduling
+    ranks = [ray_window_dataset(data, spec5, epoch=0, start=2 * spec5.batch_size, num_epochs=2, step_rank=r,
+                                step_ranks=2) for r in (0, 1)]
+    per_rank = [[collate(b) for b in ds.iter_batches(batch_size=spec5.batch_size, batch_format="numpy")][:4]
+                for ds in ranks]
+    assert _same([per_rank[k % 2][k // 2] for k in range(8)], expected)
+
+
+def test_rank_batches_deals_whole_steps():
+    samples = np.arange(23 * 4).reshape(23, 4)  # 23 samples, batch 3, 2 ranks: 3 whole steps of 6
+    r0, r1 = rank_batches(samples, 3, 0, 2), rank_batches(samples, 3, 1, 2)
+    assert r0[:, 0].tolist() == [0, 4, 8, 24, 28, 32, 48, 52, 56] and len(r1) == 9
+    assert r1[:3, 0].tolist() == [12, 16, 20]
+    assert rank_batches(samples, 3, 0, 1) is samples
+    with pytest.raises(ValueError, match="rank must be in"):
+        rank_batches(samples, 3, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,7 +271,8 @@ def test_memory_dropout_cuts_memory_into_padding(data):
     shards = index_shards(data)
     for m in (6, 30):                                    # 30 > T - w: cuts combine with left padding
         spec = WindowSpec(memory_length=m, window=6, batch_size=4, seed=4)
-        full, cut = epoch_samples(shards, spec, 0), epoch_samples(shards, dataclasses.replace(spec, memory_dropout=1.0), 0)
+        full = epoch_samples(shards, spec, 0)
+        cut = epoch_samples(shards, dataclasses.replace(spec, memory_dropout=1.0), 0)
         assert np.array_equal(full[:, :3], cut[:, :3])   # the same windows; only keep differs
         assert set(cut[:, 3]) <= set(range(1, m + 1))
         if m == 6:

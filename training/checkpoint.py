@@ -31,15 +31,6 @@ FOLDER_GLOB = "checkpoint_[0-9]*"  # not Ray's checkpoint_manager_snapshot.json 
 TMP_PREFIX = f".{CKPT_FILE}.tmp"  # + writer pid; never read, removed by the next resolve_latest(clean=True)
 FORMAT = 1
 
-# Fields of TrainConfig a resumed run must share with its checkpoint: they change the model, the data it
-# sees or the optimisation. Others (steps, workers, logging, where to log) may change between reruns.
-RESUME_FIELDS = ("data_dir", "preset", "memory", "memory_length", "compression", "budget", "window",
-                 "batch_size", "lr", "ema_decay", "seed", "num_timesteps", "schedule", "revisit_share",
-                 "memory_dropout")
-# What a checkpoint written before a field existed was trained with (windows sampled uniformly, memory full).
-LEGACY_VALUES = {"revisit_share": 0.0, "memory_dropout": 0.0}
-
-
 def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:08d}"
 
@@ -122,19 +113,6 @@ def load_checkpoint(folder_or_file: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a memvid training checkpoint (format {FORMAT} expected)")
     return state
-
-
-def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
-    """Raise ValueError naming the first differing RESUME_FIELDS entry (flag, checkpoint value, command value)."""
-    for name in RESUME_FIELDS:
-        if name not in saved and name not in LEGACY_VALUES:
-            continue
-        was = saved.get(name, LEGACY_VALUES.get(name))
-        if was != current.get(name):
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(
-                f"checkpoint {where} was trained with {flag} {was!r}, this command has {current.get(name)!r}; "
-                f"rerun with {flag} {was!r} to resume it, or pick another --name/--out-dir to start a new run")
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:

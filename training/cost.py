@@ -21,7 +21,7 @@ from training.models import ModelConfig
 
 def forward_flops(cfg: ModelConfig, frames: int | None = None, batch: int = 1) -> tuple[int, int]:
     """(FLOPs of one forward pass over `batch` clips of `frames` current frames with a full memory, params)."""
-    from training.models.memory import Denoiser
+    from training.models.denoiser import Denoiser
 
     t = cfg.window if frames is None else frames
     r, c = cfg.resolution, cfg.in_channels

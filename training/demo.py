@@ -7,7 +7,7 @@
 Stages, each resumable, and skipped on a rerun once finished (<out>/stages.json):
   1 collect     pipeline.collect: maze episodes of the lookback agent (Ray actors), for
                 training (seed --seed) and held out for evaluation (seed --seed + 1)  -> <out>/episodes, <out>/heldout
-  2 encode      pipeline.encode --encoder identity (Ray Data)                          -> <out>/latents, <out>/heldout-latents
+  2 encode      pipeline.encode --encoder identity (Ray Data) -> <out>/latents, <out>/heldout-latents
   3 eval cases  pipeline.eval_cases --kinds exact on the held-out episodes: exact revisits (the agent looks away and
                 back, so the revisit frame equals a frame d steps earlier), binned by d -> <out>/heldout-latents
   4 train       training.train: the tiny denoiser, Ray Train, 1 worker, memory dropout -> <out>/train/demo
@@ -31,30 +31,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import field, parse_config, run_cli, to_json
+from training.choices import MEMORIES
 
 # --quick overrides these fields (only where the command line left the default).
-QUICK = dict(out="runs/demo-quick", episodes=4, heldout_episodes=4, length=128, batch_size=4, memory_length=8,
+QUICK = dict(out_dir="runs/demo-quick", episodes=4, heldout_episodes=4, length=128, batch_size=4, memory_length=8,
              window=4, train_steps=12, eval_cases=1, rollout_cases=0, eval_steps=4)
 STAGES = ("collect", "encode", "eval_cases", "train", "evaluate")
 
 
 @dataclass
 class DemoConfig:
-    out: str = field("runs/demo", "output folder of every stage, and the MLflow store")
+    out_dir: str = field("runs/demo", "output folder of every stage, and the MLflow store", aliases=("--out",))
     quick: bool = field(False, f"tiny sizes for a smoke test: {QUICK}")
     episodes: int = field(200, "maze episodes to train on (lookback agent; rendering 8x8 frames takes seconds)")
     heldout_episodes: int = field(60, "held-out maze episodes (another seed) the evaluation cases are drawn from")
     length: int = field(300, "frames per episode")
     resolution: int = field(8, "frame size in pixels (square); 16 costs ~5x per step (spatial attention)")
     maze_size: int = field(9, "maze grid size in cells (odd)")
-    memory: str = field("prepend", "memory structure of the denoiser", choices=["none", "prepend", "concat", "cross_attn"])
+    memory: str = field("prepend", "memory structure of the denoiser", choices=MEMORIES)
     memory_length: int = field(16, "memory frames m")
     short_memory: int = field(4, "the same model is also evaluated with only this many memory frames (paired)")
     window: int = field(8, "current window w")
     batch_size: int = field(8, "clips per training step")
     train_steps: int = field(2500, "optimizer steps")
     lr: float = field(1e-3, "Adam learning rate")
-    eval_cases: int = field(150, "exact-revisit cases per bin of d (0-16, 16-48, 48-112): about 110 fall where only the long memory holds the source")
+    eval_cases: int = field(300, "exact-revisit cases per bin of d (0-16, 16-48, 48-112): about 230 fall where only "
+                                 "the long memory holds the source")
     rollout_cases: int = field(2, "64-frame rollouts for PSNR by segment (0 = skip)")
     revisit_share: float = field(0.9, "share of training windows placed just before an exact revisit in reach")
     memory_dropout: float = field(0.5, "share of training windows whose memory keeps only its last k frames")
@@ -77,7 +79,7 @@ class DemoConfig:
 
     @property
     def root(self) -> Path:
-        return Path(self.out).expanduser().resolve()
+        return Path(self.out_dir).expanduser().resolve()
 
 
 class Stages:
@@ -110,12 +112,12 @@ def collect(cfg: DemoConfig) -> dict:
     for name, episodes, seed in (("episodes", cfg.episodes, cfg.seed), ("heldout", cfg.heldout_episodes, cfg.seed + 1)):
         out = run_collect(CollectConfig(env="maze", agent="lookback", episodes=episodes, length=cfg.length,
                                         resolution=cfg.resolution, maze_size=cfg.maze_size, seed=seed,
-                                        out=str(cfg.root / name), workers=2,
+                                        out_dir=str(cfg.root / name), workers=2,
                                         episodes_per_shard=max(1, episodes // 2)), progress=True)
         if out["failed"]:
             raise RuntimeError(f"collect: shards {out['failed']} failed (see {cfg.root / name}/failures.jsonl); "
                                f"rerun the same command to retry them")
-        dirs[name] = out["out"]
+        dirs[name] = out["out_dir"]
     return {"dir": dirs["episodes"], "heldout_dir": dirs["heldout"]}
 
 
@@ -146,7 +148,7 @@ def train_config(cfg: DemoConfig):
     from training.train import TrainConfig
 
     return TrainConfig(data_dir=str(cfg.root / "latents"), out_dir=str(cfg.root / "train"), name="demo",
-                       preset="tiny", memory=cfg.memory, memory_length=cfg.memory_length, budget=cfg.memory_length,
+                       model_size="tiny", memory=cfg.memory, memory_length=cfg.memory_length, budget=cfg.memory_length,
                        window=cfg.window, batch_size=cfg.batch_size, steps=cfg.train_steps, lr=cfg.lr,
                        revisit_share=cfg.revisit_share, memory_dropout=cfg.memory_dropout,
                        seed=cfg.seed, log_every=max(1, cfg.train_steps // 15),
@@ -181,7 +183,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    check_config(cfg.root, dataclasses.asdict(cfg) | {"out": str(cfg.root)}, flag_hint="--out")
+    # the folder's own path is not a setting it must match (an older demo saved it, as "out")
+    check_config(cfg.root, {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out_dir"},
+                 flag_hint="--out-dir", ignore=("out",))
     stages = Stages(cfg.root)
     import ray
 

@@ -15,12 +15,11 @@ alpha_bar[k] = prod_{j<=k} (1 - beta_j), alpha_bar[0] = 1.
 from __future__ import annotations
 
 import math
-
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-SCHEDULES = ("sigmoid", "cosine")
+from training.choices import SCHEDULES
 
 
 # ----------------------------------------------------------------------------------------------- schedules

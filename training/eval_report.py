@@ -28,7 +28,9 @@ def to_pixels(x: np.ndarray, encoder_json: str) -> np.ndarray:
 
 
 def _fmt(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}" if isinstance(x, float) else str(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
 def _rate(s: dict, valid: bool = True) -> str:
@@ -55,7 +57,8 @@ def _retrieval_tables(results: dict) -> list[str]:
         for name, bins in rows.items():
             bold = name in results["model_rows"]
             label = f"**{name}**" if bold else name
-            lines.append(f"| {label} | " + " | ".join(_rate(bins[b], valid.get(kind, {}).get(b, True)) for b in BINS) + " |")
+            cells = " | ".join(_rate(bins[b], valid.get(kind, {}).get(b, True)) for b in BINS)
+            lines.append(f"| {label} | {cells} |")
         bad = [b for b in BINS if not valid.get(kind, {}).get(b, True)]
         if bad:
             lines.append(f"\nStruck out: bins {', '.join(bad)}, where the judge reads the ground truth itself below "
@@ -106,7 +109,8 @@ def _paired_table(results: dict) -> list[str]:
     lines = ["### Paired comparisons (same cases, same noise)", "",
              "By which memory holds the source (d), then by Table 1 bin. A-only / B-only = cases only A / only B "
              "retrieved; p = exact two-sided McNemar.", "",
-             "| A vs B | kind | d | pairs | A rate | B rate | A-only | B-only | p |", "|---|---|---|---|---|---|---|---|---|"]
+             "| A vs B | kind | d | pairs | A rate | B rate | A-only | B-only | p |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for pair in results["paired"]:
         for key in ("by_coverage", "by_bin"):
             for kind, bins in pair.get(key, {}).items():

@@ -203,7 +203,7 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
     counted = _Counted(net)
     bar = progress(len(cases), desc, unit="case")
 
-    for (m0, n), idx in sorted(groups.items()):
+    for (m0, _), idx in sorted(groups.items()):
         for j in range(0, len(idx), cfg.batch_size):
             part = idx[j:j + cfg.batch_size]
             batch = [cases[i] for i in part]
@@ -211,7 +211,8 @@ def generate(net, model_cfg, cases, schedule, diffusion, cfg: EvalConfig, device
             mem_x = mem_a = None
             if m0:
                 mem_x = torch.as_tensor(np.stack([c.memory_x[-m0:] for c in batch]), device=device)
-                mem_a = torch.as_tensor(np.stack([c.memory_actions[-m0:] for c in batch]), dtype=torch.long, device=device)
+                mem_a = torch.as_tensor(np.stack([c.memory_actions[-m0:] for c in batch]), dtype=torch.long,
+                                        device=device)
             gens = [torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + i) for i in part]
             t0 = time.perf_counter()
             x = sample(counted, diffusion, schedule, acts, mem_x, mem_a, L, gens,
@@ -279,7 +280,8 @@ def loss_by_coverage(errors: dict[str, list[float]], cases, lengths: list[int]) 
 
 
 def score_rollouts(cases, generated) -> dict[str, float]:
-    segs = [M.psnr_by_segment(to_pixels(g, c.encoder), to_pixels(c.target_x, c.encoder)) for c, g in zip(cases, generated)]
+    segs = [M.psnr_by_segment(to_pixels(g, c.encoder), to_pixels(c.target_x, c.encoder))
+            for c, g in zip(cases, generated)]
     if not segs:
         return {s: math.nan for s in M.SEGMENTS}
     return {s: float(np.mean([d[s] for d in segs])) for s in M.SEGMENTS}
@@ -427,7 +429,8 @@ def _evaluate(cfg: EvalConfig) -> dict:
     # [5] write and log
     results = {"metrics": metrics, "probe_valid": probe_valid, "checkpoint": _relative(state["_path"], out_dir),
                "step": state.get("step", 0), "model_config": asdict(model_cfg) if model_cfg else {},
-               "config": portable(asdict(cfg), out_dir), "device": str(device), "cases_file": _relative(str(cases_path), out_dir),
+               "config": portable(asdict(cfg), out_dir), "device": str(device),
+               "cases_file": _relative(str(cases_path), out_dir),
                "num_retrieval_cases": len(cases), "num_rollout_cases": len(rollouts), "memory_lengths": lengths,
                "probe": asdict(report) if report else {}, "rows": {n: summaries[n] for n in summaries},
                "model_rows": list(rows), "judge_valid": valid, "paired": pairs, "cases": rows[main_name],
@@ -473,7 +476,8 @@ def _sampler(cfg: EvalConfig, model_cfg, train_cfg: dict):
     from training.schedules import build_schedule
 
     return (build_schedule(cfg.sampler, model_cfg.window, cfg.steps),
-            Diffusion(num_timesteps=train_cfg.get("num_timesteps", 1000), schedule=train_cfg.get("schedule", "sigmoid")))
+            Diffusion(num_timesteps=train_cfg.get("num_timesteps", 1000),
+                      schedule=train_cfg.get("schedule", "sigmoid")))
 
 
 def _rollouts(cfg: EvalConfig, cases_path: Path, out_dir: Path, model_cfg) -> list:

@@ -20,7 +20,7 @@ Pure torch, float64 internally, no Ray.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -356,7 +356,7 @@ def theorem_terms(law: GaussianVideo, diffusion, schedule, memory_length: int, x
       L      = max over the visited levels of 1 / lambda_min Cov(window | references) (Gaussian score is linear).
     """
     K, T, w, delta = diffusion.num_timesteps, schedule.num_levels, schedule.w, schedule.delta
-    to_k = lambda levels: [int(round(l * K / T)) for l in levels]  # noqa: E731 (the sampler's grid map)
+    to_k = lambda levels: [int(round(level * K / T)) for level in levels]  # noqa: E731 (the sampler's grid map)
     steps = [(to_k(a), to_k(b)) for a, b in schedule.substep_levels()]
     init = [int(round(K * (schedule.init_steps - n) / schedule.init_steps)) for n in range(schedule.init_steps + 1)]
     init_steps = [([init[n]] * w, [init[n + 1]] * w) for n in range(schedule.init_steps)] if w > delta else []

@@ -22,7 +22,7 @@ another episode's case: chance).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -124,7 +124,7 @@ def judge_cases(cases: Sequence[EvalCase], generated: Sequence[np.ndarray], prob
     if probe_jobs:                                  # one probe pass over every judged frame
         labels = predict_labels(probe, np.concatenate([np.concatenate([g, t]) for _, g, t, _ in probe_jobs]))
         at = 0
-        for row, gen_px, gt_px, truth in probe_jobs:
+        for row, gen_px, _gt_px, truth in probe_jobs:
             n = len(gen_px)
             row["retrieved"] = M.case_retrieved(labels[at:at + n], truth, heads)
             row["probe_reads_truth"] = M.case_retrieved(labels[at + n:at + 2 * n], truth, heads)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
+from pipeline.schema import unit_to_pixels
 
 # Colour of the border drawn around generated frames (so a viewer never mistakes them for ground truth).
 GENERATED_BORDER_RGB = (255, 64, 32)
@@ -34,7 +36,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
         x = x.transpose(0, 2, 3, 1)  # (T,C,H,W) -> (T,H,W,C)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
-    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return unit_to_pixels(x)
 
 
 def upscale(frames: np.ndarray, min_size: int = 128) -> np.ndarray:
@@ -76,7 +78,8 @@ def side_by_side(ground_truth: np.ndarray, generated: np.ndarray, num_context: i
     memory in blue, generated in red, a white bar where generation starts and the current frame in white.
     Both inputs must have the same shape.
     """
-    gt, gen = upscale(_check_frames(ground_truth, "ground_truth"), min_size), upscale(_check_frames(generated, "generated"), min_size)
+    gt = upscale(_check_frames(ground_truth, "ground_truth"), min_size)
+    gen = upscale(_check_frames(generated, "generated"), min_size)
     if gt.shape != gen.shape:
         raise ValueError(f"side_by_side: ground truth {gt.shape} and generated {gen.shape} differ")
     if notes is not None and len(notes) != len(gt):

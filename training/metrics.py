@@ -18,7 +18,7 @@ All frames are float (T,C,H,W) pixels in [-1,1] (decode latents first).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -133,8 +133,8 @@ def psnr_by_segment(generated, ground_truth, segment_length: int = SEGMENT_LENGT
     need = segment_length * num_segments
     if len(psnr) < need:
         raise ValueError(f"PSNR by segment needs {need} generated frames, got {len(psnr)}")
-    return {f"{i * segment_length}-{(i + 1) * segment_length}": float(psnr[i * segment_length:(i + 1) * segment_length].mean())
-            for i in range(num_segments)}
+    bounds = [(i * segment_length, (i + 1) * segment_length) for i in range(num_segments)]
+    return {f"{start}-{end}": float(psnr[start:end].mean()) for start, end in bounds}
 
 
 def max_psnr_decay(segments: dict[str, float]) -> float:

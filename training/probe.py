@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.encoders import frames_to_unit
+
 PROBE_FILE = "scene_probe.pt"
 PROBE_MIN_ACCURACY = 0.95  # held-out all-heads accuracy a probe needs for its retrieval figures to count
 PROBE_VERSION = 2
@@ -33,7 +35,8 @@ PROBE_VERSION = 2
 
 @dataclass
 class ProbeSettings:
-    heads: tuple[str, ...] = ("room", "floor_texture", "wall_texture", "painting")  # labels to read (SCENE_LABELS order)
+    # Labels to read (SCENE_LABELS order).
+    heads: tuple[str, ...] = ("room", "floor_texture", "wall_texture", "painting")
     # Heads retrieval is judged on. Empty = auto: every head whose held-out accuracy reaches PROBE_MIN_ACCURACY
     # (a head the probe cannot read reliably would judge noise); the choice is reported with the figures.
     judge_heads: tuple[str, ...] = ()
@@ -114,24 +117,19 @@ def data_fingerprint(data_dir: Path) -> str:
 
 
 def shard_paths(data_dir: Path) -> list[Path]:
-    data_dir = Path(data_dir)
-    paths = sorted(data_dir.glob("shard-*.parquet"))
+    """The folder's finished shards (pipeline.shards.finished_shards: the manifest's, else every shard file)."""
+    from pipeline.shards import finished_shards
+
+    paths = finished_shards(data_dir)
     if not paths:
         raise FileNotFoundError(f"{data_dir}: no shard-*.parquet files; collect data first "
-                                f"(python -m pipeline.collect --out {data_dir})")
+                                f"(python -m pipeline.collect --out-dir {data_dir})")
     return paths
-
-
-def shard_kind(path: Path) -> str:
-    import pyarrow.parquet as pq
-
-    names = pq.read_schema(path).names
-    return "latents" if "latents" in names else "frames"
 
 
 def decode_to_unit(latents: np.ndarray, encoder_json: str) -> np.ndarray:
     """Latent-shard values (N,C,h,w) -> pixels (N,3,H,W) float32 in [-1,1] via the encoder the shard names."""
-    from pipeline.encoders import encoder_from_json, frames_to_unit
+    from pipeline.encoders import encoder_from_json
 
     enc = encoder_from_json(encoder_json)
     if getattr(enc, "name", "") == "identity":
@@ -142,22 +140,24 @@ def decode_to_unit(latents: np.ndarray, encoder_json: str) -> np.ndarray:
 def load_labelled_frames(data_dir: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(x (N,3,H,W) float32 in [-1,1], scene (N,S) int16, episode index (N,) int64, episode ids), frames
     evenly strided in each episode."""
+    import pyarrow.parquet as pq
+
     from pipeline.schema import tensor_shape, to_numpy
-    from pipeline.shards import read_shard
+    from pipeline.shards import read_shard, shard_kind
 
     rows = []
     for path in shard_paths(data_dir):
-        kind = shard_kind(path)
+        kind = shard_kind(pq.read_schema(path))
         rows.append((path, kind, read_shard(path, kind)))
     num_frames = sum(len(t) * tensor_shape(t.schema, k)[0] for _, k, t in rows)
     stride = max(1, -(-num_frames // max_frames))
     xs, scenes, episodes, names = [], [], [], []
-    for path, kind, table in rows:
+    for _path, kind, table in rows:
         values = to_numpy(table, kind)[:, ::stride]  # (E,T',...) per episode
         scene = to_numpy(table, "scene")[:, ::stride]
         for e in range(len(table)):
             if kind == "frames":
-                x = np.ascontiguousarray(values[e].transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
+                x = frames_to_unit(values[e])
             else:
                 x = decode_to_unit(values[e], table.column("encoder")[e].as_py())
             xs.append(x)
@@ -200,7 +200,8 @@ def _accuracy(probe: SceneProbe, x: np.ndarray, scene: np.ndarray, heads: list[s
 
 
 def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings: ProbeSettings,
-                episode_names: list[str] | None = None, device: str | torch.device = "cpu") -> tuple[SceneProbe, ProbeReport]:
+                episode_names: list[str] | None = None,
+                device: str | torch.device = "cpu") -> tuple[SceneProbe, ProbeReport]:
     """Train on the train episodes, report accuracy on the held-out episodes (split seeded by settings.seed).
     The returned probe is on the CPU."""
     from pipeline.schema import SCENE_LABELS
@@ -227,9 +228,9 @@ def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings
         torch.manual_seed(settings.seed)
         probe = SceneProbe(classes, settings.width, resolution=x.shape[-2]).to(device)
     opt = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=1e-4)
-    warm = max(1, settings.max_steps // 20)  # linear warm-up, then cosine decay to 0
+    warm, total = max(1, settings.max_steps // 20), settings.max_steps  # linear warm-up, then cosine decay to 0
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, settings.max_steps) / settings.max_steps)))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, total) / total)))
     threads = torch.get_num_threads()
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)  # restored below; oversubscribed cores thrash with >1
@@ -248,7 +249,8 @@ def train_probe(x: np.ndarray, scene: np.ndarray, episodes: np.ndarray, settings
         bar.close()
         torch.set_num_threads(threads)
     names = [episode_names[i] for i in held] if episode_names else [str(int(i)) for i in held]
-    report = ProbeReport(heads, acc, head_acc, judged, all_acc, int((~test).sum()), int(test.sum()), sorted(names), step)
+    report = ProbeReport(heads, acc, head_acc, judged, all_acc, int((~test).sum()), int(test.sum()), sorted(names),
+                         step)
     return probe.cpu().eval(), report
 
 

@@ -35,7 +35,7 @@ from training.schedules import ARSchedule, LastFrames, check_causal
 
 def _grid_to_timesteps(levels: list[int], num_levels: int, num_timesteps: int) -> list[int]:
     """Grid level l in [0, T] -> diffusion timestep round(l K / T) in [0, K]."""
-    return [int(round(l * num_timesteps / num_levels)) for l in levels]
+    return [int(round(level * num_timesteps / num_levels)) for level in levels]
 
 
 def _references(known_x, known_a, idx: list[int], size: int):

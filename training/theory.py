@@ -29,21 +29,34 @@ import numpy as np
 import torch
 
 from pipeline.cli import field, parse_config, run_cli, to_json
+from training.choices import SCHEDULES as NOISE_SCHEDULES
 from training.diffusion import Diffusion
-from training.gaussian_video import (ExactDenoiser, ar1, conditional_kl, frame_clock, lag_correlation, marginal_kl,
-                                     memory_bottleneck, memory_limited_law, mixture, sample_correlation, seasonal,
-                                     segment_kl, theorem_terms)
+from training.gaussian_video import (
+    ExactDenoiser,
+    ar1,
+    conditional_kl,
+    frame_clock,
+    lag_correlation,
+    marginal_kl,
+    memory_bottleneck,
+    memory_limited_law,
+    mixture,
+    sample_correlation,
+    seasonal,
+    segment_kl,
+    theorem_terms,
+)
 from training.sampler import sample
 from training.schedules import ARSchedule, df_pyramid, fifo, outpainting
 
 SCHEDULES = ("outpainting", "df_pyramid", "fifo")
-QUICK = dict(out="runs/theory-quick", num_samples=2048, rollout_samples=1024, lags=[4, 8], memory_lengths=[0, 4, 8],
+QUICK = dict(out_dir="runs/theory-quick", num_samples=2048, rollout_samples=1024, lags=[4, 8], memory_lengths=[0, 4, 8],
              schedule_memory_lengths=[4, 8], levels_per_frame=[4, 16], score_errors=[0.05], accum_frames=32)
 
 
 @dataclass
 class TheoryConfig:
-    out: str = field("runs/theory", "output folder: results.md, results.csv, PNGs, mlflow.db")
+    out_dir: str = field("runs/theory", "output folder: results.md, results.csv, PNGs, mlflow.db", aliases=("--out",))
     quick: bool = field(False, f"small grid and sample counts for a smoke run: {QUICK}")
     seed: int = field(0, "seed of every draw (contexts and sampler noise derive from it)")
     num_samples: int = field(8192, "videos per sampler run in [1] (KL fits are on num_samples x d scalars)")
@@ -72,7 +85,7 @@ class TheoryConfig:
     score_error_levels: int = field(16, "[3] levels per frame of the score-error runs")
     eta: float = field(0.0, "DDIM eta of the sampler (0 deterministic as the project default, 1 DDPM-like = Eqn. 3.3)")
     num_timesteps: int = field(1000, "K, diffusion timesteps")
-    noise_schedule: str = field("sigmoid", "alpha_bar schedule", choices=["sigmoid", "cosine"])
+    noise_schedule: str = field("sigmoid", "alpha_bar schedule", choices=list(NOISE_SCHEDULES))
     tracking_uri: str = field("", "MLflow URI; default sqlite:///<abs out>/mlflow.db")
     experiment: str = field("memvid", "MLflow experiment")
 
@@ -148,7 +161,7 @@ def schedule_bound(cfg: TheoryConfig, diffusion: Diffusion, law, schedule: ARSch
     draws its w frames from p(. | last m context frames), then every AR step k pays MB_k (Eqn. 4.3) with its noisy
     input and output window levels, summed over the ceil(N / Delta) steps that emit the N frames."""
     M0, K, T = cfg.num_context, diffusion.num_timesteps, schedule.num_levels
-    abar = lambda levels: diffusion.alpha_bar[[int(round(l * K / T)) for l in levels]]  # noqa: E731
+    abar = lambda levels: diffusion.alpha_bar[[int(round(level * K / T)) for level in levels]]  # noqa: E731
     total = 0.0
     if schedule.w > schedule.delta:
         total += memory_bottleneck(law, range(M0), range(M0 - m, M0), range(M0, M0 + schedule.w))
@@ -381,12 +394,12 @@ def log_to_mlflow(cfg: TheoryConfig, out: Path, rows: list[dict], paths: dict) -
 
 # ----------------------------------------------------------------------------------------------- main
 def run_theory(cfg: TheoryConfig) -> dict:
-    """Run [1]-[3], write results.md/.csv, config.json and the two PNGs into cfg.out and log them to MLflow.
+    """Run [1]-[3], write results.md/.csv, config.json and the two PNGs into cfg.out_dir and log them to MLflow.
     Returns {"rows": list of result dicts (the CSV rows), "paths": {file name: Path}, "run_id": MLflow run id}."""
     from training.media import save_figure
 
     torch.set_num_threads(1)
-    out = Path(cfg.out).expanduser().resolve()
+    out = Path(cfg.out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     diffusion = Diffusion(cfg.num_timesteps, cfg.noise_schedule)
     t0 = time.time()

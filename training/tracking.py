@@ -32,9 +32,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,8 @@ def make_client(tracking_uri: str):
     return MlflowClient(tracking_uri=check_tracking_uri(tracking_uri))
 
 
-def get_or_create_experiment(client, name: str = DEFAULT_EXPERIMENT, artifact_location: str | os.PathLike | None = None) -> str:
+def get_or_create_experiment(client, name: str = DEFAULT_EXPERIMENT,
+                             artifact_location: str | os.PathLike | None = None) -> str:
     """Experiment id of `name`, created with an explicit artifact location if it does not exist.
 
     `artifact_location` defaults to `<dir of the sqlite db>/mlartifacts` (absolute) for sqlite stores.
@@ -219,7 +221,8 @@ class RunLogger:
         if dataclasses.is_dataclass(config) and not isinstance(config, type):
             config = dataclasses.asdict(config)
         config = portable(config, store_folder(self.tracking_uri))  # paths relative to the store's folder
-        flat = {k: json.dumps(v, default=str) if isinstance(v, (list, tuple)) else str(v) for k, v in flatten(config).items()}
+        flat = {k: json.dumps(v, default=str) if isinstance(v, (list, tuple)) else str(v)
+                for k, v in flatten(config).items()}
         existing = self.client.get_run(self.run_id).data.params
         new = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in flat.items() if k not in existing]
         for i in range(0, len(new), 100):  # log_batch takes at most 100 params per call
@@ -279,7 +282,8 @@ class RunLogger:
 
         folder, base = os.path.split(name)
         with tempfile.TemporaryDirectory() as tmp:
-            paths = [write_gif(frames, Path(tmp) / f"{base}.gif", fps), write_mp4(frames, Path(tmp) / f"{base}.mp4", fps)]
+            paths = [write_gif(frames, Path(tmp) / f"{base}.gif", fps),
+                     write_mp4(frames, Path(tmp) / f"{base}.mp4", fps)]
             for p in paths:
                 self.client.log_artifact(self.run_id, str(p), folder or None)
         return [f"{folder}/{p.name}" if folder else p.name for p in paths]
@@ -369,7 +373,8 @@ def find_run(client, experiment_id: str, run_name: str, parent_run_id: str | Non
     filt = f"tags.`mlflow.runName` = '{run_name}'"
     if parent_run_id:
         filt += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
-    runs = client.search_runs([experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs([experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"],
+                              max_results=1)
     return runs[0].info.run_id if runs else None
 
 

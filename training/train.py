@@ -5,7 +5,7 @@
     # laptop, Ray Train on 2 CPU workers fed by Ray Data:
     python -m training.train --data-dir runs/demo/latents --out-dir runs/train --num-workers 2
     # cluster: GPUs, shared storage, an MLflow server on the head node
-    python -m training.train --address auto --use-gpu --num-workers 8 --preset paper --window 16 \\
+    python -m training.train --address auto --use-gpu --num-workers 8 --model-size paper --window 16 \\
         --data-dir /shared/data/dmlab-latents --out-dir /shared/runs --tracking-uri http://head:5000
     python -m training.train --dry-run      # print the resolved config and exit
 
@@ -22,99 +22,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.cli import field, parse_config, run_cli, to_json
+from pipeline.cli import parse_config, run_cli, to_json
 from pipeline.console import emit, progress, quiet_ray_train_worker, start_ray
 from training import checkpoint as ckpt
-from training.train_backends import LocalSession, RaySession, position_index, samples_per_epoch, window_spec
-
-PRESETS = ["tiny", "small", "base", "paper"]
-MEMORY = ["none", "prepend", "concat", "cross_attn"]
-COMPRESSION = ["none", "joint", "modulated"]
-BACKENDS = ["ray", "local"]
-
-
-@dataclass
-class TrainConfig:
-    data_dir: str = field("runs/demo/latents", "folder of latent shards (pipeline.encode output)")
-    out_dir: str = field("runs/train", "output folder: run folders with checkpoints, mlflow.db, mlartifacts")
-    name: str = field("", "run name (folder and MLflow run); empty = derived from the model settings and seed")
-    # model (training/models ModelConfig); shape (channels, resolution) is read from the data
-    preset: str = field("tiny", "denoiser size preset", choices=PRESETS)
-    memory: str = field("prepend", "memory structure (paper Sec. 5, Fig. 5)", choices=MEMORY)
-    memory_length: int = field(16, "memory frames m before the current window (paper: 16, 48, 112)")
-    compression: str = field("none", "memory compression (paper App. G)", choices=COMPRESSION)
-    budget: int = field(16, "frames/tokens kept after compression (<= memory_length)")
-    window: int = field(16, "current window w in frames (paper: w = Delta = 16)")
-    num_actions: int = field(7, "number of discrete actions (maze: 7)")
-    num_timesteps: int = field(1000, "diffusion steps K")
-    schedule: str = field("sigmoid", "noise schedule", choices=["sigmoid", "cosine"])
-    # window sampling (pipeline.windows): train on what evaluation tests
-    revisit_share: float = field(0.5, "share in [0, 1] of each epoch's windows placed so a revisit frame's earlier "
-                                      "sighting lies in the memory (0 = uniform windows only)")
-    memory_dropout: float = field(0.5, "share in [0, 1] of windows whose memory keeps only its last k frames, "
-                                       "k uniform in 1..memory-length (the rest is padding, as in evaluation)")
-    # optimisation
-    batch_size: int = field(4, "clips per worker per step")
-    steps: int = field(1000, "optimizer steps in total (a rerun with more steps continues)")
-    lr: float = field(1e-4, "Adam learning rate (betas 0.9, 0.999; no weight decay: paper App. J)")
-    grad_clip: float = field(1.0, "max gradient norm (paper App. J)")
-    ema_decay: float = field(0.999, "EMA decay per step (warmed up: min(decay, (1+step)/(10+step)))")
-    seed: int = field(0, "seed of weights, window sampling and diffusion noise")
-    log_every: int = field(10, "steps between progress lines and MLflow metrics")
-    checkpoint_every: int = field(100, "steps between checkpoints (and one at the end)")
-    num_to_keep: int = field(2, "checkpoints kept per run")
-    # where it runs
-    backend: str = field("ray", "ray: Ray Train TorchTrainer + Ray Data; local: this process, no Ray", choices=BACKENDS)
-    num_workers: int = field(1, "Ray Train workers (data-parallel)")
-    use_gpu: bool = field(False, "one GPU per worker (bf16 autocast)")
-    cpus_per_worker: float = field(0.5, "CPUs per Ray Train worker (< 1 leaves CPUs for Ray Data reads)")
-    address: str = field("", "Ray cluster address ('auto' = running cluster); empty = start a local one")
-    max_failures: int = field(2, "Ray Train restarts of the worker group from the last checkpoint")
-    tracking_uri: str = field("", "MLflow tracking URI; empty = sqlite:///<abs out-dir>/mlflow.db")
-    experiment: str = field("memvid", "MLflow experiment")
-    parent_run_id: str = field("", "MLflow parent run id (a sweep's trial becomes its child run)")
-    fail_at_step: int = field(-1, "TEST ONLY: kill the rank-0 worker once after this step (failure injection)")
-    nan_at_step: int = field(-1, "TEST ONLY: make the loss NaN at this step")
-
-    def __post_init__(self) -> None:
-        for name, valid in (("preset", PRESETS), ("memory", MEMORY), ("compression", COMPRESSION),
-                            ("backend", BACKENDS), ("schedule", ["sigmoid", "cosine"])):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {valid}")
-        if self.memory != "none" and self.memory_length < 1:
-            raise ValueError(f"--memory-length {self.memory_length}: expected >= 1 with --memory {self.memory}")
-        if self.compression != "none" and self.memory_length < self.budget:
-            raise ValueError(f"--memory-length {self.memory_length} is shorter than --budget {self.budget}; "
-                             f"expected --memory-length >= {self.budget} (or a smaller --budget)")
-        for name in ("window", "batch_size", "steps", "log_every", "checkpoint_every", "num_workers", "num_to_keep"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"--lr {self.lr}: expected > 0")
-        window_spec(self)  # WindowSpec checks the sampling shares, naming the flag
-        if not self.name:
-            self.name = (f"{self.preset}-{self.memory}-m{self.memory_length}-{self.compression}"
-                         + (f"-b{self.budget}" if self.compression != "none" else "") + f"-w{self.window}-s{self.seed}")
-        if "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"--name {self.name!r}: expected a plain folder name")
-
-    @property
-    def run_dir(self) -> Path:
-        """Ray Train's `<storage_path>/<name>`; the local backend keeps its checkpoints in `<run_dir>/local`."""
-        return Path(self.out_dir).expanduser().resolve() / self.name
-
-    def resolved_tracking_uri(self) -> str:
-        from training.tracking import check_tracking_uri, default_tracking_uri
-
-        return check_tracking_uri(self.tracking_uri) if self.tracking_uri else default_tracking_uri(self.out_dir)
-
+from training.config import TrainConfig, check_resumable
+from training.train_backends import Launch, LocalSession, RaySession
 
 # --------------------------------------------------------------------------------------------------------------
 # model, data shape
@@ -125,30 +43,21 @@ def latent_shape(data_dir: str) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
     from pipeline.schema import tensor_shape
-    from pipeline.shards import Manifest
+    from pipeline.shards import finished_shards
 
     folder = Path(data_dir)
-    paths = Manifest(folder).done_paths() if folder.is_dir() else []
+    paths = finished_shards(folder) if folder.is_dir() else []
     if not paths:
-        raise FileNotFoundError(f"--data-dir {data_dir}: no finished latent shards (manifest.json); run "
-                                f"`python -m pipeline.encode --in <episodes> --out {data_dir}` first")
+        raise FileNotFoundError(f"--data-dir {data_dir}: no finished latent shards; run "
+                                f"`python -m pipeline.encode --in-dir <episodes> --out-dir {data_dir}` first")
     schema = pq.read_schema(paths[0])
     if schema.get_field_index("latents") < 0:
         raise ValueError(f"--data-dir {data_dir}: {paths[0].name} has no 'latents' column (an episode folder?); "
-                         f"encode it with `python -m pipeline.encode --in {data_dir} --out <latents>`")
+                         f"encode it with `python -m pipeline.encode --in-dir {data_dir} --out-dir <latents>`")
     _, c, h, w = tensor_shape(schema, "latents")  # (T,C,h,w)
     if h != w:
         raise ValueError(f"--data-dir {data_dir}: latents are {h}x{w}; the denoiser expects square frames")
     return int(c), int(h)
-
-
-def model_config(cfg: TrainConfig, channels: int, resolution: int):
-    from training.models import ModelConfig
-
-    return ModelConfig(preset=cfg.preset, in_channels=channels, resolution=resolution, num_actions=cfg.num_actions,
-                       memory=cfg.memory, memory_length=cfg.memory_length, compression=cfg.compression,
-                       budget=cfg.budget, window=cfg.window)
-
 
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
@@ -174,17 +83,13 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
 
 
 def train_loop(config: dict) -> dict:
-    """Train per `config` (a TrainConfig as a dict) on this rank; returns the last metrics (rank 0 adds the
-    MLflow run id and checkpoint path). Under Ray Train it is `train_loop_per_worker`; alone it is called directly.
-    """
-    config = dict(config)
-    data_start = config.pop("_data_start", 0)  # set by the Ray launcher: first sample of its dataset
-    resume_from = config.pop("_resume_from", "")  # the driver's checkpoint.resolve_latest (all ranks read the same)
-    driver_run_id = config.pop("_mlflow_run_id", None)  # the MLflow run the driver opened (and ends on errors)
-    cfg = TrainConfig(**config)
+    """Train on this rank per config["cfg"] (TrainConfig) and config["launch"] (Launch: what the driver resolved);
+    returns the last metrics (rank 0 adds the MLflow run id and checkpoint path). Under Ray Train it is
+    `train_loop_per_worker`; alone it is called directly."""
+    cfg, launch = config["cfg"], config["launch"]
     if cfg.backend == "ray":
         quiet_ray_train_worker()
-    session = (RaySession if cfg.backend == "ray" else LocalSession)(cfg, data_start, resume_from)
+    session = (RaySession if cfg.backend == "ray" else LocalSession)(cfg, launch)
     rank, device = session.rank, session.device
 
     # [1] model, EMA, optimizer: initial weights from the seed alone (fork_rng keeps the caller's RNG untouched)
@@ -192,7 +97,7 @@ def train_loop(config: dict) -> dict:
     from training.models import build_denoiser
 
     channels, resolution = latent_shape(cfg.data_dir)
-    mcfg = model_config(cfg, channels, resolution)
+    mcfg = cfg.model_config(channels, resolution)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = build_denoiser(mcfg)
@@ -206,7 +111,7 @@ def train_loop(config: dict) -> dict:
     state, step, position, run_id, last_ckpt = session.resume_state(), 0, None, None, None
     if state is not None:
         last_ckpt = state["_path"]
-        ckpt.check_compatible(state["train_config"], dataclasses.asdict(cfg), last_ckpt)
+        check_resumable(state["train_config"], cfg, last_ckpt)
         raw.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -219,7 +124,7 @@ def train_loop(config: dict) -> dict:
         from training.tracking import start_or_resume_run
 
         tracker = start_or_resume_run(cfg.resolved_tracking_uri(), cfg.experiment, cfg.name,
-                                      run_id=driver_run_id or run_id,
+                                      run_id=launch.mlflow_run_id or run_id,
                                       resume_by_name=True, tags={"stage": "train"},
                                       parent_run_id=cfg.parent_run_id or None)
         tracker.log_config(dataclasses.asdict(cfg) | {"model": dataclasses.asdict(mcfg)})
@@ -340,7 +245,8 @@ def check_training_data(cfg: TrainConfig) -> None:
     longest = max((s.length for s in index_shards(cfg.data_dir)), default=0)
     if longest < cfg.window:
         raise ValueError(f"--window {cfg.window}: no episode in --data-dir {cfg.data_dir} has that many frames (the "
-                         f"longest has {longest}); lower --window or collect longer episodes (pipeline.collect --length)")
+                         f"longest has {longest}); lower --window or collect longer episodes "
+                         "(pipeline.collect --length)")
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -355,7 +261,7 @@ def check_config(cfg: TrainConfig) -> None:
     channels, resolution = latent_shape(cfg.data_dir)
     b, w = 1, cfg.window
     try:
-        mc = model_config(cfg, channels, resolution)
+        mc = cfg.model_config(channels, resolution)
         with torch.device("meta"):
             net = build_denoiser(mc)
             memory = {} if mc.memory == "none" else dict(
@@ -366,7 +272,7 @@ def check_config(cfg: TrainConfig) -> None:
                 torch.zeros(b, w, dtype=torch.long), **memory)
     except (ValueError, RuntimeError) as e:  # name the flags, not the dataclass fields
         message = re.sub(r"ModelConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
-        raise ValueError(f"--preset {cfg.preset} --memory {cfg.memory} --compression {cfg.compression} on "
+        raise ValueError(f"--model-size {cfg.model_size} --memory {cfg.memory} --compression {cfg.compression} on "
                          f"{resolution}x{resolution} data: this model cannot run: {message}") from e
 
 
@@ -379,14 +285,12 @@ def run_training(cfg: TrainConfig) -> dict:
     status: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
     """
     check_config(cfg)  # fail early, before Ray starts and before any MLflow run, on data or models that cannot fit
-    if cfg.backend == "local" and cfg.num_workers != 1:
-        raise ValueError(f"--num-workers {cfg.num_workers} needs --backend ray (the local backend is one process)")
     # [1] The run's latest checkpoint, resolved once here; the workers resume from the same record. Partial
     # files of interrupted or failed writes are removed now, before any worker starts.
     found = ckpt.resolve_latest(cfg.run_dir / "local" if cfg.backend == "local" else cfg.run_dir, clean=True)
     last, state = found if found else (None, None)
     if state is not None:
-        ckpt.check_compatible(state["train_config"], dataclasses.asdict(cfg), str(last))
+        check_resumable(state["train_config"], cfg, str(last))
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     # [2] The MLflow run, opened here so that whatever stops the workers, this process ends it truly.
     from training.tracking import start_or_resume_run
@@ -394,9 +298,10 @@ def run_training(cfg: TrainConfig) -> dict:
     tracker = start_or_resume_run(cfg.resolved_tracking_uri(), cfg.experiment, cfg.name,
                                   run_id=state["mlflow_run_id"] if state else None, resume_by_name=True,
                                   tags={"stage": "train"}, parent_run_id=cfg.parent_run_id or None)
-    config = dataclasses.asdict(cfg) | {"_resume_from": str(last or ""), "_mlflow_run_id": tracker.run_id}
+    launch = Launch(resume_from=str(last or ""), mlflow_run_id=tracker.run_id)
     try:
-        metrics = train_loop(config) if cfg.backend == "local" else _fit_with_ray(cfg, config, state)
+        metrics = (train_loop({"cfg": cfg, "launch": launch}) if cfg.backend == "local"
+                   else _fit_with_ray(cfg, launch, state))
     except BaseException as e:
         error = _user_error(e)
         tracker.end_with(error, "train: ")
@@ -429,18 +334,19 @@ def _user_error(error: BaseException) -> BaseException:
     return error
 
 
-def window_dataset_from(cfg: TrainConfig, start: int, num_samples: int):
-    """Ray Data rows of samples start .. start+num_samples (at least) of the global order, as one ordered dataset
-    over the epochs it spans (not a union of one-epoch datasets: union interleaves blocks and breaks the order)."""
+def window_dataset_from(cfg: TrainConfig, start: int, num_samples: int, n: int, rank: int = 0):
+    """Ray Data rows of samples start .. start+num_samples (at least) of the global order (n samples per epoch), as
+    one ordered dataset over the epochs it spans (not a union of one-epoch datasets: union interleaves blocks and
+    breaks the order); of each step's cfg.num_workers consecutive batches, only worker `rank`'s."""
     from pipeline.windows import ray_window_dataset
 
-    n = samples_per_epoch(cfg)
     epoch, index = divmod(start, n)
     num_epochs = -(-(index + num_samples) // n)  # ceil: epochs needed from `epoch` to cover the samples
-    return ray_window_dataset(cfg.data_dir, window_spec(cfg), epoch=epoch, start=index, num_epochs=max(1, num_epochs))
+    return ray_window_dataset(cfg.data_dir, cfg.window_spec(), epoch=epoch, start=index, num_epochs=max(1, num_epochs),
+                              step_rank=rank, step_ranks=cfg.num_workers)
 
 
-def _fit_with_ray(cfg: TrainConfig, config: dict, state: dict | None) -> dict:
+def _fit_with_ray(cfg: TrainConfig, launch: Launch, state: dict | None) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -450,17 +356,22 @@ def _fit_with_ray(cfg: TrainConfig, config: dict, state: dict | None) -> dict:
     DataContext.get_current().enable_progress_bars = False
     # The dataset starts where the run's latest checkpoint (run_training resolved it) stopped; the workers resume
     # that same checkpoint (RaySession.resume_state), not the one Ray registered last, which may be older.
-    step = state["step"] if state else 0
-    start = position_index(state["data_position"] if state else None, samples_per_epoch(cfg))
+    from pipeline.windows import position_index, samples_per_epoch
+
+    step, n = (state["step"] if state else 0), samples_per_epoch(cfg.data_dir, cfg.window_spec())
+    start = position_index(state["data_position"] if state else None, n)
     per_step = cfg.batch_size * cfg.num_workers
-    dataset = window_dataset_from(cfg, start, (max(cfg.steps - step, 0) + 1) * per_step)
+    # One dataset per worker, fixed by its rank (not split): a streaming split hands blocks to workers as they
+    # ask, so a resumed run would give each worker other samples than the uninterrupted run did.
+    datasets = {f"train_{r}": window_dataset_from(cfg, start, (max(cfg.steps - step, 0) + 1) * per_step, n, r)
+                for r in range(cfg.num_workers)}
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # one worker sees the local stream's order, so both backends give the same losses
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
     trainer = TorchTrainer(
-        train_loop, train_loop_config=config | {"_data_start": start},
+        train_loop, train_loop_config={"cfg": cfg, "launch": dataclasses.replace(launch, data_start=start)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
-        datasets={"train": dataset}, dataset_config=DataConfig(execution_options=ingest),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[], execution_options=ingest),
         run_config=RunConfig(name=cfg.name, storage_path=str(Path(cfg.out_dir).expanduser().resolve()),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),

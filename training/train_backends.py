@@ -1,60 +1,30 @@
 """Where training.train's loop runs: alone (LocalSession) or in a Ray Train worker (RaySession).
 
 Both give the loop the same calls: prepare(model), resume_state(), batches(position) -> (batch, position after
-it), report(metrics, state, step) -> checkpoint folder. Ray is imported only inside RaySession's methods.
+it), report(metrics, state, step) -> checkpoint folder. A position is the window stream's own state
+(pipeline.windows.LocalWindowStream.state_dict, rank 0 of 1), so a checkpoint of either backend resumes on the
+other. This module reads the job's config (training.config), never the job (training.train); Ray is imported only
+inside RaySession's methods.
 """
 from __future__ import annotations
 
 import tempfile
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from training import checkpoint as ckpt
-
-if TYPE_CHECKING:
-    from training.train import TrainConfig
+from training.config import TrainConfig
 
 
-def window_spec(cfg: TrainConfig):
-    from pipeline.windows import WindowSpec
+@dataclass(frozen=True)
+class Launch:
+    """What the driver resolved once and hands every worker, so all ranks start from the same record."""
 
-    return WindowSpec(memory_length=cfg.memory_length, window=cfg.window, batch_size=cfg.batch_size, seed=cfg.seed,
-                      revisit_share=cfg.revisit_share, memory_dropout=cfg.memory_dropout)
-
-
-
-# --------------------------------------------------------------------------------------------------------------
-# data position: a global sample index g over the concatenated epochs of pipeline.windows' sample order.
-# Stored in the local stream's own state-dict shape ({"epoch": g // n, "index": g % n, ...}, world_size 1), so
-# a checkpoint of either backend resumes on the other. Batches are consecutive runs of B samples of that order,
-# crossing epoch ends, on both backends (the Ray dataset spans the epochs in order: windows.ray_window_dataset num_epochs).
-
-
-def samples_per_epoch(cfg: TrainConfig) -> int:
-    from pipeline.windows import epoch_samples, index_shards
-
-    return len(epoch_samples(index_shards(cfg.data_dir), window_spec(cfg), 0))
-
-
-def position_dict(cfg: TrainConfig, g: int, n: int) -> dict:
-    return {"epoch": g // n, "index": g % n, "seed": cfg.seed, "rank": 0, "world_size": 1,
-            "batch_size": cfg.batch_size}
-
-
-def position_index(position: dict | None, n: int) -> int:
-    return 0 if not position else int(position["epoch"]) * n + int(position["index"])
-
-
-def _take(parts: list[dict], size: int) -> tuple[dict, list[dict]]:
-    """First `size` rows of a list of batches (dicts of tensors), and the rest."""
-    joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    rest = {k: v[size:] for k, v in joined.items()}
-    return {k: v[:size] for k, v in joined.items()}, ([rest] if len(rest["x"]) else [])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# where the loop runs: the same calls under Ray Train and alone
+    resume_from: str = ""     # the run's latest checkpoint folder (checkpoint.resolve_latest); '' = fresh start
+    mlflow_run_id: str = ""   # the MLflow run the driver opened (and ends with the true status on errors)
+    data_start: int = 0       # Ray backend: global sample index where the workers' datasets begin
 
 
 class LocalSession:
@@ -62,7 +32,7 @@ class LocalSession:
 
     rank, world_size = 0, 1
 
-    def __init__(self, cfg: TrainConfig, data_start: int = 0, resume_from: str = ""):
+    def __init__(self, cfg: TrainConfig, launch: Launch):
         self.cfg = cfg
         self.ckpt_root = cfg.run_dir / "local"
         self.device = torch.device("cuda" if cfg.use_gpu else "cpu")
@@ -77,17 +47,11 @@ class LocalSession:
     def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
         from pipeline.windows import LocalWindowStream
 
-        n, B = samples_per_epoch(self.cfg), self.cfg.batch_size
-        g = position_index(position, n)
-        stream = LocalWindowStream(self.cfg.data_dir, window_spec(self.cfg))
-        stream.load_state_dict(position_dict(self.cfg, g, n))
-        parts: list[dict] = []
-        for part in stream:  # endless over epochs
-            parts.append(part)
-            while sum(len(p["x"]) for p in parts) >= B:
-                batch, parts = _take(parts, B)
-                g += B
-                yield batch, position_dict(self.cfg, g, n)
+        stream = LocalWindowStream(self.cfg.data_dir, self.cfg.window_spec())
+        if position:
+            stream.load_state_dict(position)
+        for batch in stream:  # endless over epochs, batches of B crossing epoch ends
+            yield batch, stream.state_dict()
 
     def report(self, metrics: dict, state: dict | None, step: int) -> str | None:
         if state is None:
@@ -99,21 +63,22 @@ class LocalSession:
 
 
 class RaySession:
-    """Inside a Ray Train worker: dataset shard, prepare_model (DDP, gloo on CPU), report/get_checkpoint.
+    """Inside a Ray Train worker: its own dataset (rank r: batch r of every step), prepare_model (DDP, gloo on CPU),
+    report/get_checkpoint.
 
-    The driver resolved the run's latest checkpoint (`resume_from`, checkpoint.resolve_latest) and built the
-    dataset from its position on (sample `data_start`). Every worker resumes from the same record, the newest
-    loadable folder on disk, never from Ray's registered checkpoint (which can trail the folders on disk by
-    seconds, so a driver killed just after a checkpoint left the two apart). On the first start that is the
+    The driver resolved the run's latest checkpoint (`launch.resume_from`, checkpoint.resolve_latest) and built
+    each rank's dataset from its position on (sample `launch.data_start`). Every worker resumes from the same
+    record, the newest loadable folder on disk, never from Ray's registered checkpoint (which can trail the folders
+    on disk by seconds, so a driver killed just after a checkpoint left the two apart). On the first start that is the
     driver's checkpoint; after a FailureConfig restart it may be a later one of this fit: the dataset is read
     from its start again, so the worker skips the batches that checkpoint has already trained on.
     """
 
-    def __init__(self, cfg: TrainConfig, data_start: int = 0, resume_from: str = ""):
+    def __init__(self, cfg: TrainConfig, launch: Launch):
         import ray.train
         from ray.train.torch import get_device
 
-        self.cfg, self.data_start, self.resume_from = cfg, data_start, resume_from
+        self.cfg, self.data_start, self.resume_from = cfg, launch.data_start, launch.resume_from
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = get_device() if cfg.use_gpu else torch.device("cpu")
@@ -134,20 +99,21 @@ class RaySession:
     def batches(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
         import ray.train
 
-        from pipeline.windows import ray_collate_fn
+        from pipeline.windows import position_index, position_state, ray_collate_fn, samples_per_epoch
 
-        n, per_step = samples_per_epoch(self.cfg), self.cfg.batch_size * self.world_size
+        spec = self.cfg.window_spec()
+        n, per_step = samples_per_epoch(self.cfg.data_dir, spec), self.cfg.batch_size * self.world_size
         done = position_index(position, n) - self.data_start
         if done < 0 or done % per_step:  # cannot happen while driver and workers read the same run folder
             raise RuntimeError(f"rank {self.rank}: checkpoint position {position} is not reachable from the dataset "
                                f"start {self.data_start} (the position of {self.resume_from or 'no checkpoint'}) in "
                                f"steps of {per_step} samples; do workers see another --out-dir than the driver?")
         skip = done // per_step
-        shard = ray.train.get_dataset_shard("train")
+        shard = ray.train.get_dataset_shard(f"train_{self.rank}")  # this rank's batches of every step
         for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.batch_size, collate_fn=ray_collate_fn(),
                                                            drop_last=True)):
             if i >= skip:
-                yield batch, position_dict(self.cfg, self.data_start + (i + 1) * per_step, n)
+                yield batch, position_state(spec, *divmod(self.data_start + (i + 1) * per_step, n))
         raise RuntimeError(f"rank {self.rank}: the window dataset ran out after {i + 1} batches")
 
     def report(self, metrics: dict, state: dict | None, step: int) -> str | None:

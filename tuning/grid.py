@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-STRUCTURES = ("prepend", "concat", "cross_attn")
-COMPRESSIONS = ("none", "joint", "modulated")
+from training.choices import COMPRESSIONS, STRUCTURES
+
 MEMORY_LENGTHS = (16, 48, 112)
 BUDGETS = (8, 16, 32, 48)
 GRIDS = ("paper", "laptop", "full")

@@ -1,24 +1,24 @@
 """Tables and plots of a memory sweep, in the layouts of the paper's Tables 1-4 and Figure 9.
 
     python -m tuning.report runs/sweep-demo              # a sweep's output folder (reads trials/*.json)
-    python -m tuning.report mlflow:<parent_run_id> --tracking-uri sqlite:////abs/path/mlflow.db --out DIR
+    python -m tuning.report mlflow:<parent_run_id> --tracking-uri sqlite:////abs/path/mlflow.db --out-dir DIR
 
 Writes results.md, results.csv and three PNG plots (retrieval vs memory budget, retrieval vs max PSNR decay with
 the correlation, retrieval vs sampling cost with the Pareto front) into the output folder, and returns their paths.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cli import UserError, run_cli
+from pipeline.cli import UserError, field, parse_config, run_cli, to_json
+from training.choices import STRUCTURES
 
 BINS = ("0-16", "16-48", "48-112")
 SEGMENTS = ("0-16", "16-32", "32-48", "48-64")
-STRUCTURES = ("prepend", "concat", "cross_attn")
 CONFIG_KEYS = ("memory", "memory_length", "compression", "budget")
 
 
@@ -85,6 +85,10 @@ def _budget_cell(c: dict) -> str:
     return "N/A" if c["compression"] == "none" else str(c["budget"])
 
 
+def _compression_cell(c: dict) -> str:
+    return "N/A" if c["compression"] == "none" else c["compression"]
+
+
 def markdown_tables(trials: list[dict]) -> str:
     ok = _sorted_ok(trials)
     out = []
@@ -95,8 +99,8 @@ def markdown_tables(trials: list[dict]) -> str:
         for t in ok:
             c, m = t["config"], t["metrics"]
             cells = [_fmt(m.get(f"{prefix}/{b}")) + _interval(m, b) * (prefix == "retrieval") for b in BINS]
-            out.append(f"| {c['memory']} | {c['memory_length']} | {c['compression'] if c['compression'] != 'none' else 'N/A'}"
-                       f" | {_budget_cell(c)} | " + " | ".join(cells) + f" | {_fmt(m.get('probe_accuracy'))} |")
+            out.append(f"| {c['memory']} | {c['memory_length']} | {_compression_cell(c)} | {_budget_cell(c)} | "
+                       + " | ".join(cells) + f" | {_fmt(m.get('probe_accuracy'))} |")
         if prefix == "retrieval":
             for name, rates in calibration_rows(ok).items():
                 out.append(f"| *calibration: {name}* | | | | " + " | ".join(_fmt(rates.get(b)) for b in BINS) + " | |")
@@ -111,8 +115,8 @@ def markdown_tables(trials: list[dict]) -> str:
     for t in ok:
         c, m = t["config"], t["metrics"]
         cells = [_fmt(m.get(f"psnr/{s}")) for s in SEGMENTS]
-        out.append(f"| {c['memory']} | {c['memory_length']} | {c['compression'] if c['compression'] != 'none' else 'N/A'}"
-                   f" | {_budget_cell(c)} | " + " | ".join(cells)
+        out.append(f"| {c['memory']} | {c['memory_length']} | {_compression_cell(c)} | {_budget_cell(c)} | "
+                   + " | ".join(cells)
                    + f" | {_fmt(m.get('psnr_max_decay'))} | {_fmt(m.get('sec_per_frame'))} |")
     failed = [t for t in trials if t.get("status") != "ok"]
     if failed:
@@ -215,7 +219,7 @@ def make_plots(trials: list[dict], out: Path) -> dict[str, Path]:
             ys = [t["metrics"].get(f"retrieval/{b}", math.nan) for t in mine]
             lo = [t["metrics"].get(f"retrieval_lo/{b}", y) for t, y in zip(mine, ys)]
             hi = [t["metrics"].get(f"retrieval_hi/{b}", y) for t, y in zip(mine, ys)]
-            err = [[max(0.0, y - l) for y, l in zip(ys, lo)], [max(0.0, h - y) for y, h in zip(ys, hi)]]
+            err = [[max(0.0, y - low) for y, low in zip(ys, lo)], [max(0.0, high - y) for y, high in zip(ys, hi)]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linewidth=2, label=f"{s} (trained model)")
         copies = sorted((int(name.split("=")[1]), r.get(b)) for name, r in calib.items() if name.startswith("copy m="))
         if copies:
@@ -285,7 +289,72 @@ def make_plots(trials: list[dict], out: Path) -> dict[str, Path]:
     if nothing_valid:
         _stamp(ax, note)
     paths["retrieval_vs_cost"] = save_figure(fig, out / "retrieval_vs_cost.png")
+    if any(t.get("curves", {}).get("rows") for t in ok):
+        fig = retrieval_vs_d_figure(ok, note, nothing_valid)
+        paths["retrieval_vs_d"] = save_figure(fig, out / "retrieval_vs_d.png")
     return paths
+
+
+def curves_table(ok: list[dict]) -> str:
+    """Markdown: retrieval by bin of d per trial (its model and its copy oracle), the numbers of retrieval_vs_d.png."""
+    rows = [(t["name"], name, c) for t in ok for name, c in t.get("curves", {}).get("rows", {}).items()
+            if name.startswith("model") or name == f"copy m={t['config']['memory_length']}"]
+    if not rows:
+        return ""
+    bins = sorted({b for _, _, c in rows for b in c}, key=lambda b: int(b.split("-")[1]))
+    out = ["", "## Retrieval vs d per trial (retrieval_vs_d.png)", "",
+           "Rate (cases) by bin lo < d <= hi; the copy row is a perfect memory of the trial's m frames (no model).", "",
+           "| trial | generator | " + " | ".join(bins) + " |", "|---|---|" + "---|" * len(bins)]
+    for trial, name, c in rows:
+        cells = [f"{_fmt(c[b]['rate'])} ({c[b]['n']})" if b in c and c[b]["n"] else "-" for b in bins]
+        out.append(f"| {trial} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _curve_xy(curve: dict) -> tuple[list[int], list[float], list[float], list[float]]:
+    """A curve {"lo-hi": rate summary} -> (upper edges of d, rates, interval lows, interval highs), empty bins out."""
+    bins = sorted((b for b in curve if curve[b]["n"]), key=lambda b: int(b.split("-")[1]))
+    return ([int(b.split("-")[1]) for b in bins], [curve[b]["rate"] for b in bins], [curve[b]["lo"] for b in bins],
+            [curve[b]["hi"] for b in bins])
+
+
+def retrieval_vs_d_figure(ok: list[dict], note: str, nothing_valid: bool):
+    """Retrieval vs d, one colour per trial: the trained model (solid, 95% band) and the copy oracle with the same
+    memory length (dashed: a perfect memory of L frames), the memory's end marked at d = L. The paper's bottleneck
+    is the step of each model curve at its own L."""
+    fig, (ax,) = _figure(height=6.0)
+    colours = [f"C{i}" for i in range(10)]
+    kinds = set()
+    for i, t in enumerate(ok):
+        curves = t.get("curves", {})
+        rows, colour = curves.get("rows", {}), colours[i % len(colours)]
+        kinds.add(curves.get("kind", ""))
+        L = t["config"]["memory_length"]
+        model = next((c for name, c in rows.items() if name.startswith("model")), None)
+        copy = rows.get(f"copy m={L}")
+        if model:
+            xs, ys, lo, hi = _curve_xy(model)
+            ax.plot(xs, ys, marker="o", color=colour, linewidth=2, label=f"{t['name']}: trained model")
+            ax.fill_between(xs, lo, hi, color=colour, alpha=0.10)
+        if copy:
+            xs, ys, _, _ = _curve_xy(copy)
+            ax.plot(xs, ys, linestyle="--", color=colour, linewidth=1, label=f"copy m={L} (no model)")
+        ax.axvline(L, color=colour, linestyle=":", linewidth=1.2)
+        ax.text(L * 1.03, 0.97 - 0.05 * i, f"m={L}", color=colour, fontsize=8, va="top")
+    ax.set_xscale("log")
+    ax.set_xlim(0.8, 130)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("d: frames from the first generated frame back to the last sighting (log scale; a point per "
+                  "bin of d, at its upper edge)")
+    ax.set_ylabel("retrieval rate (share of cases; band: 95% Wilson interval)")
+    what = "exact revisits (same pose)" if kinds == {"exact"} else "revisits"
+    ax.set_title(f"Retrieval vs d per trial, {what}; dotted: where each memory ends (d = m)"
+                 + (f"\n{note}" if note and not nothing_valid else ""), fontsize=12)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if nothing_valid:
+        _stamp(ax, note)
+    return fig
 
 
 def write_report(trials: list[dict], out: Path) -> dict[str, Path]:
@@ -295,25 +364,36 @@ def write_report(trials: list[dict], out: Path) -> dict[str, Path]:
     paths = make_plots(trials, out)
     xs = [t["metrics"].get("psnr_max_decay", float("nan")) for t in _sorted_ok(trials)]
     ys = [mean_retrieval(t["metrics"]) for t in _sorted_ok(trials)]
-    md = markdown_tables(trials) + f"\nCorrelation of retrieval (0-16, 16-48) with max PSNR decay (Figure 9): r = {_fmt(pearson(xs, ys))}\n"
+    md = markdown_tables(trials) + ("\nCorrelation of retrieval (0-16, 16-48) with max PSNR decay (Figure 9): "
+                                    f"r = {_fmt(pearson(xs, ys))}\n") + curves_table(_sorted_ok(trials))
     (out / "results.md").write_text(md)
     write_csv(trials, out / "results.csv")
     return {"results_md": out / "results.md", "results_csv": out / "results.csv", **paths}
 
 
+@dataclass
+class ReportConfig:
+    source: str = field("", "sweep output folder, or mlflow:<parent_run_id>")
+    tracking_uri: str = field("", "MLflow tracking URI (for mlflow: sources)")
+    out_dir: str = field("", "output folder (default: the sweep folder's report/, or ./report for mlflow: sources)",
+                         aliases=("--out",))
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ValueError("SOURCE: give a sweep output folder or mlflow:<parent_run_id>")
+        if not self.out_dir:
+            self.out_dir = "report" if self.source.startswith("mlflow:") else str(Path(self.source) / "report")
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tuning.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("source", help="sweep output folder, or mlflow:<parent_run_id>")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (for mlflow: sources)")
-    ap.add_argument("--out", default=None, help="output folder (default: the sweep folder's report/)")
-    ap.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
-    args = ap.parse_args(argv)
-    trials = load_trials(args.source, args.tracking_uri)
+    cfg, dry_run = parse_config(ReportConfig, argv, description=__doc__, positional=("source",))
+    if dry_run:
+        print(to_json(cfg))
+        return
+    trials = load_trials(cfg.source, cfg.tracking_uri or None)
     if not trials:
-        raise UserError(f"{args.source}: no trials found")
-    out = Path(args.out) if args.out else (Path(args.source) / "report" if not args.source.startswith("mlflow:") else Path("report"))
-    for name, path in write_report(trials, out).items():
+        raise UserError(f"{cfg.source}: no trials found")
+    for name, path in write_report(trials, Path(cfg.out_dir)).items():
         print(f"{name}: {path}")
 
 

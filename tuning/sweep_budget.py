@@ -1,14 +1,14 @@
 """Sweep memory structure x memory length x compression x budget on Ray Tune; each trial trains, then evaluates.
 
     # laptop (CPU, tiny model; data from `make demo` or pipeline.collect + pipeline.encode):
-    python -m tuning.sweep_budget --data-dir runs/demo/latents --out runs/sweep-demo
+    python -m tuning.sweep_budget --data-dir runs/demo/latents --out-dir runs/sweep-demo
     # the memory bottleneck on 2 cores in about an hour (8x8 demo data, held-out exact-revisit cases):
     python -m tuning.sweep_budget --preset laptop --data-dir runs/demo/latents \
-        --cases runs/demo/heldout-latents/eval_cases.parquet --out runs/sweep-laptop
+        --cases runs/demo/heldout-latents/eval_cases.parquet --out-dir runs/sweep-laptop
     python -m tuning.sweep_budget --data-dir runs/demo/latents --structures prepend --memory-lengths 16 48
     # cluster (after `ray up cluster.yaml`; MLflow server on the head):
     python -m tuning.sweep_budget --preset paper --address auto --data-dir /shared/maze/latents \\
-        --out /shared/sweeps/paper --gpus-per-trial 1 --tracking-uri http://<head>:5000
+        --out-dir /shared/sweeps/paper --gpus-per-trial 1 --tracking-uri http://<head>:5000
 
 Rerunning the same command resumes the sweep (`Tuner.restore`): finished trials are not rerun, unfinished and
 failed ones continue from their last training checkpoint. The data is checked against every trial's needs before
@@ -28,33 +28,56 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.cli import field, parse_config, run_cli, to_json
-from tuning.grid import BUDGETS, COMPRESSIONS, GRIDS, STRUCTURES, Combo, build_grid
+from training.choices import COMPRESSIONS, STRUCTURES
+from tuning.grid import BUDGETS, GRIDS, Combo, build_grid
 
-PRESETS = ("demo", "laptop", "paper")
-# Per-preset training/evaluation sizes; flags left at 0 take these. laptop: the recipe of `make demo`
-# (docs/results.md) for each trial of the laptop grid.
-PRESET_VALUES = {
-    "demo": dict(model_preset="tiny", steps=30, batch_size=4, window=8, eval_steps=4, num_cases=0,
-                 num_rollout_cases=2, probe_max_steps=600, cpus_per_trial=0.5, gpus_per_trial=0.0,
-                 lr=1e-4, revisit_share=0.5, grid="paper"),
-    "laptop": dict(model_preset="tiny", steps=2500, batch_size=8, window=8, eval_steps=8, num_cases=0,
-                   num_rollout_cases=2, probe_max_steps=600, cpus_per_trial=0.5, gpus_per_trial=0.0,
-                   lr=1e-3, revisit_share=0.9, grid="laptop"),
-    "paper": dict(model_preset="paper", steps=100_000, batch_size=32, window=16, eval_steps=10, num_cases=0,
-                  num_rollout_cases=32, probe_max_steps=3000, cpus_per_trial=4.0, gpus_per_trial=1.0,
-                  lr=1e-4, revisit_share=0.5, grid="paper"),
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.evaluate import EvalConfig
+
+@dataclass(frozen=True)
+class Preset:
+    """The sizes of one run scale: what every trial trains and evaluates with, and what a trial holds."""
+
+    grid: str               # the grid the preset runs unless --grid says otherwise
+    model_size: str         # denoiser size preset (training --model-size)
+    steps: int              # training steps per trial
+    batch_size: int         # clips per training worker per step
+    window: int             # current window w
+    lr: float               # Adam learning rate
+    revisit_share: float    # share of training windows placed before a revisit in reach
+    eval_steps: int         # denoising steps per AR step when sampling
+    num_rollout_cases: int  # 64-frame rollouts for PSNR by segment (0 = skip)
+    probe_max_steps: int    # scene probe training steps at most
+    cpus_per_trial: float   # CPUs per training worker
+    gpus_per_trial: float   # GPUs per trial
+
+
+# laptop: the recipe of `make demo` (docs/results.md) for each trial of the laptop grid.
+PRESETS = {
+    "demo": Preset(grid="paper", model_size="tiny", steps=30, batch_size=4, window=8, lr=1e-4, revisit_share=0.5,
+                   eval_steps=4, num_rollout_cases=2, probe_max_steps=600, cpus_per_trial=0.5, gpus_per_trial=0.0),
+    "laptop": Preset(grid="laptop", model_size="tiny", steps=2500, batch_size=8, window=8, lr=1e-3, revisit_share=0.9,
+                     eval_steps=8, num_rollout_cases=2, probe_max_steps=600, cpus_per_trial=0.5, gpus_per_trial=0.0),
+    "paper": Preset(grid="paper", model_size="paper", steps=100_000, batch_size=32, window=16, lr=1e-4,
+                    revisit_share=0.5, eval_steps=10, num_rollout_cases=32, probe_max_steps=3000, cpus_per_trial=4.0,
+                    gpus_per_trial=1.0),
 }
+OVERRIDES = ("steps", "batch_size", "window", "probe_max_steps", "num_rollout_cases", "gpus_per_trial",
+             "cpus_per_trial")  # SweepConfig fields that replace the preset's value when given
 
 
 @dataclass
 class SweepConfig:
     data_dir: str = field("runs/demo/latents", "latent shards with eval_cases.parquet (pipeline.encode output)")
-    out: str = field("runs/sweep-demo", "sweep output folder (Tune state, trials/, report/, mlflow.db)")
+    out_dir: str = field("runs/sweep-demo", "sweep output folder (Tune state, trials/, report/, mlflow.db)",
+                         aliases=("--out",))
     cases: str = field("", "evaluation cases (pipeline.eval_cases); empty = <data-dir>/eval_cases.parquet")
-    preset: str = field("demo", "sizes: demo (CPU, tiny model, minutes), laptop (CPU, the memory bottleneck in about "
-                        "an hour on 8x8 frames) or paper (GPU cluster)", choices=list(PRESETS))
+    preset: str = field("demo", "run scale: demo (CPU, tiny model, minutes), laptop (CPU, the memory bottleneck in "
+                        "about an hour on 8x8 frames) or paper (GPU cluster)", choices=list(PRESETS))
     grid: str = field("", "paper: the combinations of the paper's Table 1; laptop: prepend m 4/8/16 and m16 joint "
                       "budget 4; full: every combination (empty = the preset's: laptop for --preset laptop, else "
                       "paper)", choices=["", *GRIDS])
@@ -62,37 +85,74 @@ class SweepConfig:
     memory_lengths: list[int] = field([], "restrict to these memory lengths (frames)")
     compressions: list[str] = field([], f"restrict to these compressions {list(COMPRESSIONS)}")
     budgets: list[int] = field([], f"restrict to these compression budgets (frames), e.g. {list(BUDGETS)}")
-    steps: int = field(0, "training steps per trial (0 = preset)")
-    batch_size: int = field(0, "batch size per training worker (0 = preset)")
-    window: int = field(0, "current window w in frames (0 = preset)")
-    probe_max_steps: int = field(0, "scene probe training steps at most, trained once per data folder (0 = preset)")
-    num_rollout_cases: int = field(-1, "64-frame rollout cases per trial for PSNR by segment; they need episodes "
-                                       "longer than 64 frames (-1 = preset; 0 = skip)")
-    gpus_per_trial: float = field(-1.0, "GPUs per trial (-1 = preset; paper preset: 1)")
-    cpus_per_trial: float = field(-1.0, "CPUs per training worker (-1 = preset)")
+    steps: int | None = field(None, "training steps per trial (default: the preset's)")
+    batch_size: int | None = field(None, "batch size per training worker (default: the preset's)")
+    window: int | None = field(None, "current window w in frames (default: the preset's)")
+    probe_max_steps: int | None = field(None, "scene probe training steps at most, trained once per data folder "
+                                              "(default: the preset's)")
+    num_rollout_cases: int | None = field(None, "64-frame rollout cases per trial for PSNR by segment; they need "
+                                                "episodes longer than 64 frames (0 = skip; default: the preset's)")
+    gpus_per_trial: float | None = field(None, "GPUs per trial (default: the preset's; paper: 1)")
+    cpus_per_trial: float | None = field(None, "CPUs per training worker (default: the preset's)")
     max_concurrent_trials: int = field(0, "trials at once (0 = as many as the cluster's GPUs/CPUs allow)")
     seed: int = field(0, "seed for every trial's training and evaluation")
     address: str = field("", "Ray cluster to join ('auto' on a cluster); empty starts a local one")
-    tracking_uri: str = field("", "MLflow URI; empty = sqlite:///<out>/mlflow.db (one machine only)")
+    tracking_uri: str = field("", "MLflow URI; empty = sqlite:///<out-dir>/mlflow.db (one machine only)")
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f"--preset: {self.preset!r} is not one of {list(PRESETS)}")
-        self.grid = self.grid or PRESET_VALUES[self.preset]["grid"]
-        for name in ("steps", "batch_size", "window", "probe_max_steps", "max_concurrent_trials"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(self, name)}")
+        self.grid = self.grid or PRESETS[self.preset].grid
+        for name in OVERRIDES:
+            if getattr(self, name) is not None and getattr(self, name) < (0 if "pus" in name or "cases" in name else 1):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= "
+                                 f"{0 if 'pus' in name or 'cases' in name else 1}")
+        if self.max_concurrent_trials < 0:
+            raise ValueError(f"--max-concurrent-trials {self.max_concurrent_trials}: expected >= 0")
 
-    def resolved(self) -> dict:
-        """Preset values filled in for fields left at their 'use the preset' value."""
-        values = dict(PRESET_VALUES[self.preset])
-        for name in ("steps", "batch_size", "window", "probe_max_steps"):
-            if getattr(self, name) > 0:
-                values[name] = getattr(self, name)
-        for name in ("gpus_per_trial", "cpus_per_trial", "num_rollout_cases"):
-            if getattr(self, name) >= 0:
-                values[name] = getattr(self, name)
-        return values
+    def resolved(self) -> Preset:
+        """The preset with the values this command gives instead."""
+        return dataclasses.replace(PRESETS[self.preset], **{name: getattr(self, name) for name in OVERRIDES
+                                                           if getattr(self, name) is not None})
+
+
+@dataclass(frozen=True)
+class Template:
+    """What every trial runs, built once by the driver: the trial's configs are these with its grid point's fields
+    replaced (`trial_train`, `trial_eval`). Tune hands it to every trial as it is."""
+
+    out_dir: str                        # the sweep's folder; trial c writes into <out_dir>/trials/<c.name>
+    train: TrainConfig
+    eval: EvalConfig
+
+
+def make_template(cfg: SweepConfig, out_dir: Path, data_dir: Path, cases: Path, tracking_uri: str,
+                  parent_run_id: str = "") -> Template:
+    from training.config import TrainConfig
+    from training.evaluate import EvalConfig
+
+    p = cfg.resolved()
+    train = TrainConfig(data_dir=str(data_dir), model_size=p.model_size, window=p.window, batch_size=p.batch_size,
+                        steps=p.steps, lr=p.lr, revisit_share=p.revisit_share, seed=cfg.seed, num_workers=1,
+                        use_gpu=p.gpus_per_trial > 0, cpus_per_worker=p.cpus_per_trial, backend="ray",
+                        tracking_uri=tracking_uri, experiment="memvid-sweeps", parent_run_id=parent_run_id,
+                        checkpoint_every=max(10, p.steps // 4))
+    evaluation = EvalConfig(cases=str(cases), steps=p.eval_steps, num_rollout_cases=p.num_rollout_cases,
+                            num_videos=2, seed=cfg.seed, probe_max_steps=p.probe_max_steps, tracking_uri=tracking_uri,
+                            device="cpu" if p.gpus_per_trial <= 0 else "auto")
+    return Template(out_dir=str(out_dir), train=train, eval=evaluation)
+
+
+def trial_train(t: Template, combo: Combo) -> TrainConfig:
+    """The training of one trial (the driver builds it too, to check the data before the first trial)."""
+    return dataclasses.replace(t.train, memory=combo.memory, memory_length=combo.memory_length,
+                               compression=combo.compression, budget=combo.budget, name=combo.name,
+                               out_dir=str(Path(t.out_dir) / "trials" / combo.name))
+
+
+def trial_eval(t: Template, combo: Combo, checkpoint: str) -> EvalConfig:
+    return dataclasses.replace(t.eval, checkpoint=checkpoint,
+                               out_dir=str(Path(t.out_dir) / "trials" / combo.name / "eval"))
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -119,7 +179,7 @@ def check_data(data_dir: Path, cases: str = "") -> Path:
     return cases
 
 
-def check_trial_data(combos: list[Combo], base: dict) -> None:
+def check_trial_data(combos: list[Combo], t: Template) -> None:
     """Fail before the first trial when the data cannot serve every trial: training (a full window in some
     episode, via training.train.check_training_data) and evaluation (retrieval cases that fit the data, and
     episodes longer than the rollout horizon when rollout cases are asked for). Errors name the flag."""
@@ -129,19 +189,19 @@ def check_trial_data(combos: list[Combo], base: dict) -> None:
     from training.train import check_training_data, latent_shape
 
     for combo in combos:
-        check_training_data(train_config(base, combo))
-    data_dir, cases = base["data_dir"], Path(base["cases"])
+        check_training_data(trial_train(t, combo))
+    data_dir, cases = t.train.data_dir, Path(t.eval.cases)
     retrieval = [c for c in load_eval_cases(cases) if c.kind != "rollout"]
     if not retrieval:
         raise ValueError(f"--data-dir {data_dir}: {cases.name} holds no retrieval cases; rebuild it from revisit "
                          f"episodes with `python -m pipeline.eval_cases --data-dir {data_dir}`")
     channels, resolution = latent_shape(data_dir)
     if retrieval[0].target_x.shape[1:] != (channels, resolution, resolution):
-        raise ValueError(f"--data-dir {data_dir}: {cases.name} holds frames of shape {retrieval[0].target_x.shape[1:]}, "
-                         f"the latents are {(channels, resolution, resolution)}; rebuild the cases with "
-                         f"`python -m pipeline.eval_cases --data-dir {data_dir}`")
+        raise ValueError(f"--data-dir {data_dir}: {cases.name} holds frames of shape "
+                         f"{retrieval[0].target_x.shape[1:]}, the latents are {(channels, resolution, resolution)}; "
+                         f"rebuild the cases with `python -m pipeline.eval_cases --data-dir {data_dir}`")
     horizon = SEGMENT_LENGTH * NUM_SEGMENTS
-    if base["num_rollout_cases"] > 0:
+    if t.eval.num_rollout_cases > 0:
         rollout_file = cases.parent / ROLLOUT_CASES
         if rollout_file.exists():
             usable = sum(len(c.actions) >= horizon for c in load_eval_cases(rollout_file))
@@ -149,22 +209,22 @@ def check_trial_data(combos: list[Combo], base: dict) -> None:
             usable = sum(s.num_rows for s in index_shards(data_dir) if s.length > horizon)
         if not usable:
             longest = max((s.length for s in index_shards(data_dir)), default=0)
-            raise ValueError(f"--num-rollout-cases {base['num_rollout_cases']}: rollout cases need episodes longer "
+            raise ValueError(f"--num-rollout-cases {t.eval.num_rollout_cases}: rollout cases need episodes longer "
                              f"than {horizon} frames, the longest in --data-dir {data_dir} has {longest}; pass "
                              f"--num-rollout-cases 0 to skip PSNR by segment, or collect longer episodes "
                              f"(pipeline.collect --length {horizon + 1} or more)")
 
 
-def max_concurrent(cfg: SweepConfig, values: dict) -> int:
+def max_concurrent(cfg: SweepConfig) -> int:
     import ray
 
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
-    res = ray.cluster_resources()
-    if values["gpus_per_trial"] > 0:
-        return max(1, int(res.get("GPU", 0) // values["gpus_per_trial"]))
+    res, p = ray.cluster_resources(), cfg.resolved()
+    if p.gpus_per_trial > 0:
+        return max(1, int(res.get("GPU", 0) // p.gpus_per_trial))
     # each trial holds 0.25 CPU for its driver + one training worker; keep one CPU for Ray Data reads
-    return max(1, int((res.get("CPU", 1) - 1) // (values["cpus_per_trial"] + 0.25)))
+    return max(1, int((res.get("CPU", 1) - 1) // (p.cpus_per_trial + 0.25)))
 
 
 # ---------------------------------------------------------------------------------------------------- trial
@@ -175,54 +235,45 @@ def run_trial(config: dict) -> None:
     from training.evaluate import run_evaluation
     from training.train import run_training
 
-    combo, base = Combo(**config["combo"]), config["base"]
-    trial_dir = Path(base["out"]) / "trials" / combo.name
+    if "template" not in config:
+        raise ValueError("this sweep's saved state comes from an older memvid (untyped trial settings); start it "
+                         "again in a new --out-dir")
+    combo, t = Combo(**config["combo"]), config["template"]
+    out = Path(t.out_dir)
     started, trained = time.time(), None
-    (Path(base["out"]) / "trials" / f"{combo.name}.json").unlink(missing_ok=True)  # an earlier try's error record
+    (out / "trials" / f"{combo.name}.json").unlink(missing_ok=True)  # an earlier try's error record
     try:
-        trained = run_training(train_config(base, combo))  # ends its child run FAILED/KILLED on its own errors
-        metrics = run_evaluation(eval_config(base, trained["checkpoint"], trial_dir / "eval"))
+        trained = run_training(trial_train(t, combo))  # ends its child run FAILED/KILLED on its own errors
+        evaluation = trial_eval(t, combo, trained["checkpoint"])
+        metrics = run_evaluation(evaluation)
     except Exception as e:
         # The record says why (a rerun retries the trial); a child run that training had FINISHED fails with it.
         first = (str(e).strip().splitlines() or [""])[0]
         with contextlib.suppress(OSError):
-            _write_record(Path(base["out"]), {"name": combo.name, "config": dataclasses.asdict(combo), "metrics": {},
-                                              "status": "error", "error": f"{type(e).__name__}: {first}"[:2000]})
+            _write_record(out, {"name": combo.name, "config": dataclasses.asdict(combo), "metrics": {},
+                                "status": "error", "error": f"{type(e).__name__}: {first}"[:2000]})
         if trained and trained["mlflow_run_id"]:
             from training.tracking import RunLogger, make_client
 
-            RunLogger(make_client(base["tracking_uri"]), trained["mlflow_run_id"], "").end_with(
+            RunLogger(make_client(t.train.tracking_uri), trained["mlflow_run_id"], "").end_with(
                 e, "evaluate: ", only_if_running=False)
         raise
     metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-    calibration = json.loads((trial_dir / "eval" / "results.json").read_text()).get("calibration", {})
+    results = json.loads((Path(evaluation.out_dir) / "results.json").read_text())
     record = {"name": combo.name, "config": dataclasses.asdict(combo), "metrics": metrics, "status": "ok", "error": "",
-              "calibration": calibration, "mlflow_run_id": trained["mlflow_run_id"], "trial_sec": time.time() - started}
-    _write_record(Path(base["out"]), record)
+              "calibration": results.get("calibration", {}), "curves": retrieval_curves(results),
+              "mlflow_run_id": trained["mlflow_run_id"], "trial_sec": time.time() - started}
+    _write_record(out, record)
     tune.report({**metrics, "trial_sec": record["trial_sec"]})
 
 
-def train_config(base: dict, combo: Combo):
-    """The training every trial runs (the driver builds it too, to check the data before the first trial)."""
-    from training.train import TrainConfig
-
-    return TrainConfig(
-        data_dir=base["data_dir"], out_dir=str(Path(base["out"]) / "trials" / combo.name), name=combo.name,
-        preset=base["model_preset"], memory=combo.memory, memory_length=combo.memory_length,
-        compression=combo.compression, budget=combo.budget, window=base["window"], batch_size=base["batch_size"],
-        steps=base["steps"], lr=base["lr"], revisit_share=base["revisit_share"], seed=base["seed"], num_workers=1, use_gpu=base["gpus_per_trial"] > 0,
-        cpus_per_worker=base["cpus_per_trial"], backend="ray", tracking_uri=base["tracking_uri"],
-        experiment=base["experiment"], parent_run_id=base["parent_run_id"], checkpoint_every=max(10, base["steps"] // 4))
-
-
-def eval_config(base: dict, checkpoint: str, out_dir: Path):
-    """The evaluation every trial runs (the driver uses it too, to train the scene probe once up front)."""
-    from training.evaluate import EvalConfig
-
-    return EvalConfig(checkpoint=checkpoint, cases=base["cases"], out_dir=str(out_dir), steps=base["eval_steps"],
-                      num_cases=base["num_cases"], num_rollout_cases=base["num_rollout_cases"], num_videos=2,
-                      seed=base["seed"], probe_max_steps=base["probe_max_steps"], tracking_uri=base["tracking_uri"],
-                      device="cpu" if base["gpus_per_trial"] <= 0 else "auto")
+def retrieval_curves(results: dict) -> dict:
+    """{"kind": k, "rows": {row: {bin of d: rate summary}}}: retrieval vs d of the model and of the copy oracle, on
+    the evaluation's exact revisits (else its room revisits), for the sweep's retrieval-vs-d plot."""
+    rows = {name: r["curve"] for name, r in results.get("rows", {}).items()
+            if name.startswith(("model", "copy")) and r.get("curve")}
+    kind = "exact" if any("exact" in c for c in rows.values()) else "revisit"
+    return {"kind": kind, "rows": {name: c[kind] for name, c in rows.items() if kind in c}}
 
 
 def _write_record(out: Path, record: dict) -> None:
@@ -245,17 +296,14 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from training.tracking import default_tracking_uri, end_running_children, end_status, start_or_resume_run
 
     combos = build_grid(cfg.grid, cfg.structures, cfg.memory_lengths, cfg.compressions, cfg.budgets)
-    values = cfg.resolved()
-    out = Path(cfg.out).expanduser().resolve()
+    out = Path(cfg.out_dir).expanduser().resolve()
     data_dir = Path(cfg.data_dir).expanduser().resolve()
     cases = check_data(data_dir, cfg.cases)
-    base = {**values, "out": str(out), "experiment": "memvid-sweeps", "data_dir": str(data_dir), "cases": str(cases),
-            "seed": cfg.seed, "tracking_uri": cfg.tracking_uri or f"sqlite:///{out / 'mlflow.db'}", "parent_run_id": ""}
-    check_trial_data(combos, base)  # every trial's data needs, before Ray, MLflow or the first trial
-    out.mkdir(parents=True, exist_ok=True)
+    # every trial's data needs, before Ray, MLflow, the first trial or the output folder
+    check_trial_data(combos, make_template(cfg, out, data_dir, cases, cfg.tracking_uri))
+    tracking_uri = cfg.tracking_uri or default_tracking_uri(out)  # creates the output folder
     start_ray(cfg.address, num_cpus=None if cfg.address else 4, log_to_driver=False)
-    check_resources(values["gpus_per_trial"])
-    tracking_uri = cfg.tracking_uri or default_tracking_uri(out)
+    check_resources(cfg.resolved().gpus_per_trial)
 
     # [1] The parent MLflow run, found again on resume through sweep_state.json.
     state_path = out / "sweep_state.json"
@@ -263,7 +311,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     parent = start_or_resume_run(tracking_uri, "memvid-sweeps", out.name, run_id=state.get("parent_run_id"),
                                  tags={"stage": "sweep"})
     try:
-        result = _run_trials(cfg, combos, {**base, "tracking_uri": tracking_uri, "parent_run_id": parent.run_id},
+        result = _run_trials(cfg, combos, make_template(cfg, out, data_dir, cases, tracking_uri, parent.run_id),
                              parent, state, state_path)
     except BaseException as e:  # the parent and any child still RUNNING end with the true status
         parent.end_with(e, "sweep: ")
@@ -283,7 +331,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     return result
 
 
-def _run_trials(cfg: SweepConfig, combos: list[Combo], base: dict, parent, state: dict, state_path: Path) -> dict:
+def _run_trials(cfg: SweepConfig, combos: list[Combo], t: Template, parent, state: dict, state_path: Path) -> dict:
     """Steps 1-3 of run_sweep once the parent run is open: config, probe, Tune, records and report."""
     from ray import tune
 
@@ -291,22 +339,22 @@ def _run_trials(cfg: SweepConfig, combos: list[Combo], base: dict, parent, state
     from tuning.report import load_trials, write_report
     from tuning.trial_progress import TrialProgress
 
-    out = Path(base["out"])
+    out = Path(t.out_dir)
     if not state:
-        parent.log_config({**json.loads(to_json(cfg)), "resolved": cfg.resolved(), "trials": [c.name for c in combos]})
+        parent.log_config({**json.loads(to_json(cfg)), "resolved": dataclasses.asdict(cfg.resolved()),
+                           "trials": [c.name for c in combos]})
         from pipeline.shards import write_json_atomic
 
         write_json_atomic({"parent_run_id": parent.run_id, "trials": [c.name for c in combos]}, state_path)
 
     # [2] Tune: one function trial per combination; resume with Tuner.restore when a previous run left state.
     # The scene probe is trained once here and saved beside the data; every trial then loads it.
+    from pipeline.eval_cases import load_eval_cases
     from training.evaluate import probe_settings
     from training.probe import load_or_train_probe
 
-    from pipeline.eval_cases import load_eval_cases
-
-    if any(c.kind == "revisit" for c in load_eval_cases(base["cases"])):  # exact revisits are judged on pixels
-        load_or_train_probe(Path(base["cases"]).parent, probe_settings(eval_config(base, "", out / "probe")))
+    if any(c.kind == "revisit" for c in load_eval_cases(t.eval.cases)):  # exact revisits are judged on pixels
+        load_or_train_probe(Path(t.eval.cases).parent, probe_settings(t.eval))
     # Progress is TrialProgress's bar. Tune's newer output engine would still print its configuration table and
     # result paths at verbose=0; its older one prints nothing at verbose=0 (read by Tune in this process).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -319,8 +367,8 @@ def _run_trials(cfg: SweepConfig, combos: list[Combo], base: dict, parent, state
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"combo": tune.grid_search([dataclasses.asdict(c) for c in combos]), "base": base},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg, base)),
+            param_space={"combo": tune.grid_search([dataclasses.asdict(c) for c in combos]), "template": t},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg)),
             run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune"), verbose=0,
                                       callbacks=[TrialProgress(len(combos))]),
         )
@@ -344,7 +392,7 @@ def _run_trials(cfg: SweepConfig, combos: list[Combo], base: dict, parent, state
         parent.log_file(path, "report")
     done = {t["name"] for t in trials}
     return {"trials": trials, "report": report, "parent_run_id": parent.run_id,
-            "experiment_id": parent.experiment_id, "tracking_uri": base["tracking_uri"],
+            "experiment_id": parent.experiment_id, "tracking_uri": t.train.tracking_uri,
             "failed": [t for t in trials if t["status"] != "ok"],
             "unfinished": sorted(names - done)}
 

@@ -44,7 +44,8 @@ class TrialProgress(Callback):
         self._show(trials, trial, "TERMINATED", f"[sweep] trial {trial_name(trial)} finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._show(trials, trial, "ERROR", f"[sweep] trial {trial_name(trial)} failed (why: trials/{trial_name(trial)}.json)")
+        self._show(trials, trial, "ERROR",
+                   f"[sweep] trial {trial_name(trial)} failed (why: trials/{trial_name(trial)}.json)")
 
     def on_experiment_end(self, trials, **info):
         if self._bar is not None:

@@ -154,7 +154,7 @@ def test_collect_worker_path_writes_a_valid_shard(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MEMVID_MINERL_ENGINE_FACTORY", FAKE)
     cfg = CollectConfig(env="minecraft", episodes=2, length=12, resolution=16, episodes_per_shard=2,
-                        out=str(tmp_path), max_retries=1)
+                        out_dir=str(tmp_path), max_retries=1)
     res = render_shard(cfg, 0)
     assert res["entry"] is not None and res["entry"]["rows"] == 2 and not res["failures"]
     assert validate_shard(tmp_path / res["name"]) is None
@@ -175,7 +175,7 @@ def shards_of_fresh_engines(cfg, indices) -> dict[int, bytes]:
 
     out = {}
     for index in indices:
-        path = Path(cfg.out) / "fresh" / shard_name(index)
+        path = Path(cfg.out_dir) / "fresh" / shard_name(index)
         path.parent.mkdir(exist_ok=True)
         write_shard(episodes_to_table([render_episode(cfg, i) for i in shard_episodes(cfg, index)], "frames"), path)
         out[index] = path.read_bytes()
@@ -188,7 +188,7 @@ def test_collect_worker_keeps_one_minecraft_and_writes_a_fresh_engines_bytes(tmp
     from pipeline.collect import CollectConfig, ShardWorker
 
     cfg = CollectConfig(env="minecraft", episodes=4, length=12, resolution=16, episodes_per_shard=2,
-                        out=str(tmp_path), max_retries=1)
+                        out_dir=str(tmp_path), max_retries=1)
     worker = ShardWorker(cfg)
     results = [worker.render_shard(1), worker.render_shard(0)]
     assert engines["launched"] == worker.num_launches == 1 and [r["launches"] for r in results] == [1, 0]
@@ -203,7 +203,7 @@ def test_collect_worker_replaces_a_crashed_minecraft_and_retries_the_episode(tmp
     from pipeline.collect import CollectConfig, ShardWorker
 
     cfg = CollectConfig(env="minecraft", episodes=2, length=12, resolution=16, episodes_per_shard=2,
-                        out=str(tmp_path), max_retries=1)
+                        out_dir=str(tmp_path), max_retries=1)
     engines["crash_first"] = 1  # the first Minecraft breaks its pipe on its 4th tick
     worker = ShardWorker(cfg)
     res = worker.render_shard(0)

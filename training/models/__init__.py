@@ -10,11 +10,11 @@ Pure torch (no Ray). Every (memory x compression) combination is one config, not
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-MEMORIES = ("none", "prepend", "concat", "cross_attn")
-COMPRESSIONS = ("none", "joint", "modulated")
+from training.choices import COMPRESSIONS, MEMORIES, MODEL_SIZES
 
 # Architecture per preset. channels: base width; mult: width multiplier per U-Net level (H,W halve between levels;
 # "paper" has 4 down / 4 up levels, App. J); res_blocks: basic blocks per down level; spatial_levels: levels with
@@ -31,9 +31,10 @@ PRESETS: dict[str, dict] = {
     "paper": dict(channels=96, mult=(1, 2, 3, 4), res_blocks=2, spatial_levels=(2, 3), head_dim=64, patch=4,
                   token_dim=256, depth=2, mem_channels=128),
 }
+assert tuple(PRESETS) == MODEL_SIZES, "training.choices.MODEL_SIZES names the presets"
 
 
-def _field(default, help: str, choices=None):
+def _field(default: Any, help: str, choices: list[str] | None = None) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -52,7 +53,7 @@ class ModelConfig:
     budget: int = _field(16, "frames kept after compression (<= memory_length; unused when compression is none)")
     window: int = _field(16, "current frames denoised together (w = Delta = 16 in the paper)")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name, valid in (("preset", tuple(PRESETS)), ("memory", MEMORIES), ("compression", COMPRESSIONS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {list(valid)}")
@@ -96,7 +97,7 @@ class ModelConfig:
 
 def build_denoiser(cfg: ModelConfig, seed: int | None = None) -> torch.nn.Module:
     """The denoiser for `cfg`; with `seed`, its initial weights come from that seed alone (caller's RNG untouched)."""
-    from .memory import Denoiser
+    from .denoiser import Denoiser
 
     if seed is None:
         return Denoiser(cfg)

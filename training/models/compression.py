@@ -27,13 +27,15 @@ from .layers import attention, num_heads, rope
 
 
 class _Attn(nn.Module):
-    def __init__(self, dim: int, head_dim: int):
+    def __init__(self, dim: int, head_dim: int) -> None:
         super().__init__()
         self.heads = num_heads(dim, head_dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, t, causal=False, key_valid=None, positions=None):
+    def forward(self, t: torch.Tensor, causal: bool = False, key_valid: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention over token sequences t (N,S,D) -> (N,S,D)."""
         n, s, d = t.shape
         q, k, v = self.qkv(t).view(n, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if positions is not None:
@@ -46,7 +48,7 @@ class CompressBlock(nn.Module):
     """Spatial attention, causal temporal attention and feed-forward over tokens (B,M,P,D) (P tokens per frame).
     With `modulated`, every sub-layer's LayerNorm is scaled/shifted by the per-frame action vector (B,M,D)."""
 
-    def __init__(self, dim: int, head_dim: int, modulated: bool):
+    def __init__(self, dim: int, head_dim: int, modulated: bool) -> None:
         super().__init__()
         self.norms = nn.ModuleList([nn.LayerNorm(dim, elementwise_affine=not modulated) for _ in range(3)])
         self.spatial = _Attn(dim, head_dim)
@@ -54,11 +56,11 @@ class CompressBlock(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.mod = nn.Linear(dim, 6 * dim) if modulated else None
 
-    def forward(self, x, valid, act=None):
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, act: torch.Tensor | None = None) -> torch.Tensor:
         b, m, p, d = x.shape
         if self.mod is not None:
             mods = self.mod(nn.functional.silu(act))[:, :, None].chunk(6, -1)  # 6 x (B,M,1,D)
-        def norm(i, t):  # noqa: E306
+        def norm(i: int, t: torch.Tensor) -> torch.Tensor:  # noqa: E306
             t = self.norms[i](t)
             return t * (1 + mods[2 * i]) + mods[2 * i + 1] if self.mod is not None else t
         x = x + self.spatial(norm(0, x).reshape(b * m, p, d)).view(b, m, p, d)
@@ -73,7 +75,7 @@ class Compressor(nn.Module):
     K = budget <= M. mode: "joint" | "modulated" (App. G)."""
 
     def __init__(self, mode: str, in_channels: int, resolution: int, patch: int, dim: int, depth: int,
-                 head_dim: int, act_dim: int, budget: int):
+                 head_dim: int, act_dim: int, budget: int) -> None:
         super().__init__()
         self.mode, self.patch, self.budget = mode, patch, budget
         self.num_patches = (resolution // patch) ** 2
@@ -88,20 +90,20 @@ class Compressor(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.act_out = nn.Linear(dim, act_dim) if mode == "joint" else None
 
-    def _patchify(self, x):  # (B,M,C,H,W) -> (B,M,P,C*p*p)
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:  # (B,M,C,H,W) -> (B,M,P,C*p*p)
         b, m, c, h, w = x.shape
         p = self.patch
         x = x.reshape(b, m, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
         return x.reshape(b, m, (h // p) * (w // p), c * p * p)
 
-    def _unpatchify(self, t, shape):  # (B,K,P,C*p*p) -> (B,K,C,H,W)
+    def _unpatchify(self, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # (B,K,P,C*p*p) -> (B,K,C,H,W)
         b, k = t.shape[:2]
         c, h, w = shape
         p = self.patch
         t = t.reshape(b, k, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
         return t.reshape(b, k, c, h, w)
 
-    def kept_indices(self, valid):
+    def kept_indices(self, valid: torch.Tensor) -> torch.Tensor:
         """(B,budget) memory positions whose raw frames (and actions) are the base of the compressed memory: evenly
         spaced over each clip's n valid frames, oldest and newest included (n >= budget); the last `budget`
         positions when n < budget. Valid frames are the last n (the memory is left-padded)."""
@@ -112,7 +114,8 @@ class Compressor(nn.Module):
         j = torch.arange(keep, device=valid.device)[None]
         return (m - n) + j * (n - 1) // (keep - 1)  # (B,K); K = M: every position (no compression)
 
-    def forward(self, mem_x, act, valid):
+    def forward(self, mem_x: torch.Tensor, act: torch.Tensor,
+                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, m = mem_x.shape[:2]
         keep = self.budget
         vf = valid.to(mem_x.dtype)

@@ -21,7 +21,8 @@ MAX_ROWS = 32768  # sequences per fused-attention call (< 65,535 CUDA grid rows)
 # attention core
 # ---------------------------------------------------------------------------------------------------------------
 
-def _sdpa_chunked(q, k, v, attn_mask, is_causal: bool, max_rows: int):
+def _sdpa_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                  is_causal: bool, max_rows: int) -> torch.Tensor:
     """F.scaled_dot_product_attention over q (N,h,L,d), k/v (N,h,S,d) in chunks of <= max_rows along N."""
     n = q.shape[0]
     if n <= max_rows:
@@ -32,8 +33,8 @@ def _sdpa_chunked(q, k, v, attn_mask, is_causal: bool, max_rows: int):
     return torch.cat(outs, 0)
 
 
-def attention(q, k, v, *, causal: bool = False, key_valid: torch.Tensor | None = None,
-              max_rows: int = MAX_ROWS) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              key_valid: torch.Tensor | None = None, max_rows: int = MAX_ROWS) -> torch.Tensor:
     """Multi-head attention; returns (N,h,L,d).
 
     q (N,h,L,d), k/v (N,h,S,d). `causal`: query i sees keys <= S - L + i (queries are the last L of the key
@@ -119,7 +120,7 @@ class ResBlock(nn.Module):
     """ResNet block per frame: GN-SiLU-conv, then adaptive GroupNorm (scale/shift from the frame's embedding of noise
     level and actions), SiLU, conv, plus a skip. Input (B*S,Cin,H,W), emb (B*S,D) -> (B*S,Cout,H,W)."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int):
+    def __init__(self, cin: int, cout: int, emb_dim: int) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups(cin), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
@@ -130,7 +131,7 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x, emb):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(F.silu(emb)).chunk(2, -1)  # (B*S, Cout) each
         h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
@@ -140,7 +141,7 @@ class ResBlock(nn.Module):
 class SpatialAttention(nn.Module):
     """Self-attention over the H*W positions of each frame. x (B*S,C,H,W) -> same."""
 
-    def __init__(self, channels: int, head_dim: int):
+    def __init__(self, channels: int, head_dim: int) -> None:
         super().__init__()
         self.heads = num_heads(channels, head_dim)
         self.norm = nn.GroupNorm(num_groups(channels), channels)
@@ -149,7 +150,7 @@ class SpatialAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
         t = self.norm(x).flatten(2).transpose(1, 2)  # (N, HW, C)
         q, k, v = self.qkv(t).view(n, hh * ww, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
@@ -199,7 +200,7 @@ class TemporalAttention(nn.Module):
     valid cached frames too, exactly as if memory and x were one sequence (causality makes the memory frames'
     keys/values independent of x). While `memory.recording`, x *is* the memory and its keys/values are stored."""
 
-    def __init__(self, channels: int, head_dim: int):
+    def __init__(self, channels: int, head_dim: int) -> None:
         super().__init__()
         self.heads = num_heads(channels, head_dim)
         self.norm = nn.LayerNorm(channels)
@@ -209,7 +210,8 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.proj.bias)
         self.max_rows = MAX_ROWS
 
-    def forward(self, x, key_valid=None, memory: MemoryKV | None = None):
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None,
+                memory: MemoryKV | None = None) -> torch.Tensor:
         b, s, c, hh, ww = x.shape
         t = x.permute(0, 3, 4, 1, 2).reshape(b * hh * ww, s, c)  # (B*H*W, S, C)
         qkv = self.qkv(self.norm(t)).view(b * hh * ww, s, 3, self.heads, c // self.heads)  # (B*H*W, S, 3, h, d)
@@ -236,7 +238,7 @@ class CrossAttention(nn.Module):
     query is independent, so this is causal in time). With `memory`, the tokens' keys/values come from
     `memory.kv[self]` (tokens is then unused)."""
 
-    def __init__(self, channels: int, token_dim: int, head_dim: int):
+    def __init__(self, channels: int, token_dim: int, head_dim: int) -> None:
         super().__init__()
         self.heads = num_heads(channels, head_dim)
         self.norm = nn.GroupNorm(num_groups(channels), channels)
@@ -246,12 +248,13 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def keys_values(self, tokens):
+    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory tokens (B,L,Dm) -> keys, values (B, h, L, d) each."""
         b, n = tokens.shape[:2]
         return self.kv(tokens).view(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def forward(self, x, tokens, token_valid, memory: MemoryKV | None = None):
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None, token_valid: torch.Tensor | None,
+                memory: MemoryKV | None = None) -> torch.Tensor:
         b, s, c, hh, ww = x.shape
         t = self.norm(x.flatten(0, 1)).view(b, s, c, hh * ww).permute(0, 1, 3, 2).reshape(b, s * hh * ww, c)
         q = self.q(t).view(b, -1, self.heads, c // self.heads).transpose(1, 2)  # (B, h, S*HW, d)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import CrossAttention, ResBlock, SpatialAttention, TemporalAttention, num_groups
+from .layers import CrossAttention, MemoryKV, ResBlock, SpatialAttention, TemporalAttention, num_groups
 
 
 class BasicBlock(nn.Module):
@@ -20,14 +20,17 @@ class BasicBlock(nn.Module):
     Cross attention to memory tokens sits only where spatial attention does (low resolutions): at 64x64 every
     pixel attending to 48 x 257 memory tokens would cost more than the rest of the U-Net."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, head_dim: int, spatial: bool, token_dim: int | None):
+    def __init__(self, cin: int, cout: int, emb_dim: int, head_dim: int, spatial: bool,
+                 token_dim: int | None) -> None:
         super().__init__()
         self.res = ResBlock(cin, cout, emb_dim)
         self.spatial = SpatialAttention(cout, head_dim) if spatial else None
         self.temporal = TemporalAttention(cout, head_dim)
         self.cross = CrossAttention(cout, token_dim, head_dim) if token_dim and spatial else None
 
-    def forward(self, x, emb, key_valid=None, tokens=None, token_valid=None, memory=None):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, key_valid: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None, token_valid: torch.Tensor | None = None,
+                memory: MemoryKV | None = None) -> torch.Tensor:
         b, s = x.shape[:2]
         h = self.res(x.flatten(0, 1), emb.flatten(0, 1))  # (B*S, Cout, H, W)
         if self.spatial is not None:
@@ -51,7 +54,7 @@ class UNet3D(nn.Module):
     itself: the pass fills memory.kv and returns None (the memory frames' outputs are never used)."""
 
     def __init__(self, cin: int, cout: int, channels: int, mult: tuple[int, ...], num_res_blocks: int,
-                 spatial_levels: tuple[int, ...], emb_dim: int, head_dim: int, token_dim: int | None = None):
+                 spatial_levels: tuple[int, ...], emb_dim: int, head_dim: int, token_dim: int | None = None) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(cin, channels, 3, padding=1)
         widths = [channels * m for m in mult]
@@ -87,7 +90,9 @@ class UNet3D(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x, emb, key_valid=None, tokens=None, token_valid=None, memory=None):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, key_valid: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None, token_valid: torch.Tensor | None = None,
+                memory: MemoryKV | None = None) -> torch.Tensor | None:
         b, s = x.shape[:2]
         frames = lambda t: t.view(b, s, *t.shape[1:])  # noqa: E731  (B*S,...) -> (B,S,...)
         if memory is not None and memory.recording:

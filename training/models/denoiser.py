@@ -24,6 +24,7 @@ actions[t-1] (for t = 0 the last valid memory action, else the start token; memo
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,6 +32,9 @@ from torch import nn
 from .compression import Compressor
 from .layers import CrossAttention, MemoryKV, sinusoidal
 from .unet3d import UNet3D
+
+if TYPE_CHECKING:  # the package imports this module (build_denoiser); at run time the import would go both ways
+    from . import ModelConfig
 
 
 @dataclasses.dataclass
@@ -53,7 +57,7 @@ class MemoryCache:
 
 
 class Denoiser(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         a = cfg.arch
@@ -94,7 +98,8 @@ class Denoiser(nn.Module):
                            a["head_dim"], token_dim)
 
     # ----------------------------------------------------------------------------------------------------------
-    def _check(self, x, noise_levels, actions, mem_x, mem_actions, mem_mask):
+    def _check(self, x: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor, mem_x: torch.Tensor | None,
+               mem_actions: torch.Tensor | None, mem_mask: torch.Tensor | None) -> None:
         cfg = self.cfg
         if x.ndim != 5 or x.shape[2] != cfg.in_channels or x.shape[3] != cfg.resolution or x.shape[4] != cfg.resolution:
             raise ValueError(f"x: expected (B,T,{cfg.in_channels},{cfg.resolution},{cfg.resolution}) "
@@ -111,7 +116,8 @@ class Denoiser(nn.Module):
             if mem_mask is not None and tuple(mem_mask.shape) != tuple(mem_x.shape[:2]):
                 raise ValueError(f"mem_mask: expected (B,M) = {tuple(mem_x.shape[:2])}, got {tuple(mem_mask.shape)}")
 
-    def _memory(self, b, mem_x, mem_actions, mem_mask, like):
+    def _memory(self, b: int, mem_x: torch.Tensor | None, mem_actions: torch.Tensor | None,
+                mem_mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> frames (B,K,C,H,W), action vectors (B,K,D), valid (B,K): normalised to memory_length, compressed."""
         cfg, L = self.cfg, self.cfg.memory_length
         dev = like.device
@@ -134,12 +140,12 @@ class Denoiser(nn.Module):
             act = torch.where(mem_mask[:, :, None], act, self.action_embed.weight[cfg.num_actions].to(act.dtype))
         return mem_x, act, mem_mask
 
-    def _emb(self, levels, act, prev):
+    def _emb(self, levels: torch.Tensor, act: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Per-frame conditioning (B,S,D): noise-level embedding + current and previous action vectors."""
         lvl = self.level_mlp(sinusoidal(levels, self.cfg.arch["channels"]).to(act.dtype))
         return lvl + self.act_cur(act) + self.act_prev(prev)
 
-    def _tokens(self, mem_x, act, valid):
+    def _tokens(self, mem_x: torch.Tensor, act: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cross_attn memory tokens (B, K*(P+1)+1, Dt) and their validity."""
         b, k, c, h, w = mem_x.shape
         p = self.cfg.arch["patch"]
@@ -152,7 +158,8 @@ class Denoiser(nn.Module):
         return tok, torch.cat([torch.ones(b, 1, dtype=torch.bool, device=tv.device), tv], 1)
 
     # ----------------------------------------------------------------------------------------------------------
-    def encode_memory(self, mem_x, mem_actions, mem_mask=None) -> MemoryCache:
+    def encode_memory(self, mem_x: torch.Tensor, mem_actions: torch.Tensor,
+                      mem_mask: torch.Tensor | None = None) -> MemoryCache:
         """Everything the current frames read from this memory, computed once (see `MemoryCache`).
 
         mem_x (B,M,C,H,W) clean frames, mem_actions (B,M), mem_mask (B,M) bool (None = all valid). The result
@@ -174,7 +181,8 @@ class Denoiser(nn.Module):
         like = mem_x.new_empty(mem_x.shape[0], 0, *frame, dtype=dtype)  # stands for a current window of 0 frames
         return self._encode(mem_x.to(dtype), mem_actions, mem_mask, like)
 
-    def _encode(self, mem_x, mem_actions, mem_mask, like) -> MemoryCache:
+    def _encode(self, mem_x: torch.Tensor | None, mem_actions: torch.Tensor | None, mem_mask: torch.Tensor | None,
+                like: torch.Tensor) -> MemoryCache:
         cfg = self.cfg
         b = like.shape[0]
         start = self.action_embed.weight[cfg.num_actions].expand(b, -1)
@@ -206,8 +214,9 @@ class Denoiser(nn.Module):
         kv = MemoryKV({m: m.keys_values(tokens) for m in self.unet.modules() if isinstance(m, CrossAttention)})
         return MemoryCache("cross_attn", prev_action, attention=kv, token_valid=tvalid)
 
-    def forward(self, x, noise_levels, actions, mem_x=None, mem_actions=None, mem_mask=None,
-                memory_cache: MemoryCache | None = None):
+    def forward(self, x: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
+                mem_x: torch.Tensor | None = None, mem_actions: torch.Tensor | None = None,
+                mem_mask: torch.Tensor | None = None, memory_cache: MemoryCache | None = None) -> torch.Tensor:
         """x (B,T,C,H,W) noisy frames, noise_levels (B,T) in [0,1], actions (B,T) int64, mem_x (B,M,C,H,W) clean,
         mem_actions (B,M), mem_mask (B,M) bool -> v-prediction (B,T,C,H,W). Instead of mem_*, `memory_cache`
         from `encode_memory` (reused across calls that share the memory)."""
@@ -232,7 +241,9 @@ class Denoiser(nn.Module):
             return self.unet(torch.cat([x, feat], 2), emb)  # the merged memory joins every current frame
         return self.unet(x, emb, token_valid=memory_cache.token_valid, memory=memory_cache.attention)
 
-    def _forward_prepend(self, x, noise_levels, actions, mem_x, mem_actions, mem_mask):
+    def _forward_prepend(self, x: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
+                         mem_x: torch.Tensor | None, mem_actions: torch.Tensor | None,
+                         mem_mask: torch.Tensor | None) -> torch.Tensor:
         """Uncached prepend: one U-Net pass over [memory, current] (what training runs; reference for the cache)."""
         cfg = self.cfg
         b, t = x.shape[:2]
