@@ -39,6 +39,7 @@ def test_laptop_preset_is_the_demo_recipe_on_the_laptop_grid(tmp_path):
     values = cfg.resolved()
     assert (values.lr, values.revisit_share, values.model_size) == (1e-3, 0.9, "tiny")
     assert SweepConfig(preset="laptop", steps=10).resolved().steps == 10       # a given flag replaces the preset's
+    assert values.max_concurrent == 1   # trials one at a time: 4 at once on 2 cores train slower in all
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="--cases"):            # --dry-run checks --cases up front
         main(["--preset", "laptop", "--data-dir", str(tmp_path), "--cases", str(tmp_path / "none.parquet"),
