@@ -461,9 +461,8 @@ def _window_chunks(batch: dict, shards, samples, bounds, spec) -> dict:
     return parts[0] if len(parts) == 1 else {key: np.concatenate([p[key] for p in parts]) for key in BATCH_KEYS}
 
 
-def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, start: int = 0, rank: int = 0,
-                       world_size: int = 1, num_epochs: int = 1, max_chunk: int = 256, num_cpus: float = 0.5,
-                       step_rank: int = 0, step_ranks: int = 1):
+def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, start: int = 0, num_epochs: int = 1,
+                       max_chunk: int = 256, num_cpus: float = 0.5):
     """Window rows of epochs epoch .. epoch+num_epochs-1 (in that order) from sample `start` of the first, as a
     Ray Data dataset: the same rows, in the same order, as LocalWindowStream from state (epoch, start).
 
@@ -471,29 +470,36 @@ def ray_window_dataset(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, s
     position. Order is preserved (preserve_order) so `iter_batches(batch_size=spec.batch_size)` gives the same
     batches as the local stream, across epoch ends too. Use num_epochs rather than `Dataset.union` of one-epoch
     datasets: union interleaves its inputs' blocks (measured here), which breaks the order.
-
-    step_rank / step_ranks: one data-parallel worker's rows when a training step takes step_ranks consecutive
-    batches of spec.batch_size samples, worker r the r-th (`rank_batches`). Each worker then reads a dataset of its
-    own, fixed by its rank, instead of a streaming split whose block-to-worker assignment Ray makes at run time.
     """
+    return ray_rank_datasets(data_dir, spec, epoch, start, num_epochs, 1, max_chunk, num_cpus)[0]
+
+
+def ray_rank_datasets(data_dir: str | Path, spec: WindowSpec, epoch: int = 0, start: int = 0, num_epochs: int = 1,
+                      ranks: int = 1, max_chunk: int = 256, num_cpus: float = 0.5) -> list:
+    """`ray_window_dataset`'s rows dealt to `ranks` data-parallel workers, one dataset each: when a training step
+    takes `ranks` consecutive batches of spec.batch_size samples, worker r's dataset holds the r-th
+    (`rank_batches`). Each worker reads a dataset fixed by its rank, instead of a streaming split whose
+    block-to-worker assignment Ray makes at run time. The shards are indexed and the samples drawn once for all."""
     import ray
     from ray.data import DataContext
 
     shards = index_shards(data_dir)
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
-    samples = np.concatenate([epoch_samples(shards, spec, e, rank, world_size)
-                              for e in range(epoch, epoch + num_epochs)])[start:]
-    samples = rank_batches(samples, spec.batch_size, step_rank, step_ranks)
+    samples = np.concatenate([epoch_samples(shards, spec, e) for e in range(epoch, epoch + num_epochs)])[start:]
     if not len(samples):
         raise ValueError(f"{data_dir}: no samples left in epoch {epoch} from start={start} (window={spec.window})")
-    bounds = _chunks(samples, max_chunk)
     # A Dataset keeps a copy of the DataContext it was built under: order it without changing the caller's context.
     options = DataContext.get_current().execution_options
     before, options.preserve_order = options.preserve_order, True
     try:
-        return ray.data.range(len(bounds) - 1, override_num_blocks=min(len(bounds) - 1, 64)).map_batches(
-            _window_chunks, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
-            fn_kwargs=dict(shards=shards, samples=samples, bounds=bounds, spec=spec))
+        datasets = []
+        for rank in range(ranks):
+            mine = rank_batches(samples, spec.batch_size, rank, ranks)
+            bounds = _chunks(mine, max_chunk)
+            datasets.append(ray.data.range(len(bounds) - 1, override_num_blocks=min(len(bounds) - 1, 64)).map_batches(
+                _window_chunks, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
+                fn_kwargs=dict(shards=shards, samples=mine, bounds=bounds, spec=spec)))
+        return datasets
     finally:
         options.preserve_order = before

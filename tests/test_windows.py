@@ -22,6 +22,7 @@ from pipeline.windows import (
     make_windows,
     rank_batches,
     ray_collate_fn,
+    ray_rank_datasets,
     ray_window_dataset,
     reach_stats,
 )
@@ -179,8 +180,7 @@ def test_ray_path_matches_local_and_resumes(data, ray_cluster):
     assert _same(tail[:8], expected)
     # two data-parallel workers, each its own dataset: worker r's batch k is batch 2k + r of the one-worker order,
     # so the two together train on exactly the batches one worker would, whatever Ray's scheduling
-    ranks = [ray_window_dataset(data, spec5, epoch=0, start=2 * spec5.batch_size, num_epochs=2, step_rank=r,
-                                step_ranks=2) for r in (0, 1)]
+    ranks = ray_rank_datasets(data, spec5, epoch=0, start=2 * spec5.batch_size, num_epochs=2, ranks=2)
     per_rank = [[collate(b) for b in ds.iter_batches(batch_size=spec5.batch_size, batch_format="numpy")][:4]
                 for ds in ranks]
     assert _same([per_rank[k % 2][k // 2] for k in range(8)], expected)

@@ -334,16 +334,16 @@ def _user_error(error: BaseException) -> BaseException:
     return error
 
 
-def window_dataset_from(cfg: TrainConfig, start: int, num_samples: int, n: int, rank: int = 0):
-    """Ray Data rows of samples start .. start+num_samples (at least) of the global order (n samples per epoch), as
-    one ordered dataset over the epochs it spans (not a union of one-epoch datasets: union interleaves blocks and
-    breaks the order); of each step's cfg.num_workers consecutive batches, only worker `rank`'s."""
-    from pipeline.windows import ray_window_dataset
+def window_datasets_from(cfg: TrainConfig, start: int, num_samples: int, n: int) -> list:
+    """One Ray dataset per worker over samples start .. start+num_samples (at least) of the global order (n samples
+    per epoch): worker r gets batch r of each step's cfg.num_workers consecutive batches. One ordered dataset over
+    the epochs it spans (not a union of one-epoch datasets: union interleaves blocks and breaks the order)."""
+    from pipeline.windows import ray_rank_datasets
 
     epoch, index = divmod(start, n)
     num_epochs = -(-(index + num_samples) // n)  # ceil: epochs needed from `epoch` to cover the samples
-    return ray_window_dataset(cfg.data_dir, cfg.window_spec(), epoch=epoch, start=index, num_epochs=max(1, num_epochs),
-                              step_rank=rank, step_ranks=cfg.num_workers)
+    return ray_rank_datasets(cfg.data_dir, cfg.window_spec(), epoch=epoch, start=index, num_epochs=max(1, num_epochs),
+                             ranks=cfg.num_workers)
 
 
 def _fit_with_ray(cfg: TrainConfig, launch: Launch, state: dict | None) -> dict:
@@ -363,8 +363,8 @@ def _fit_with_ray(cfg: TrainConfig, launch: Launch, state: dict | None) -> dict:
     per_step = cfg.batch_size * cfg.num_workers
     # One dataset per worker, fixed by its rank (not split): a streaming split hands blocks to workers as they
     # ask, so a resumed run would give each worker other samples than the uninterrupted run did.
-    datasets = {f"train_{r}": window_dataset_from(cfg, start, (max(cfg.steps - step, 0) + 1) * per_step, n, r)
-                for r in range(cfg.num_workers)}
+    ranks = window_datasets_from(cfg, start, (max(cfg.steps - step, 0) + 1) * per_step, n)
+    datasets = {f"train_{r}": ds for r, ds in enumerate(ranks)}
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # one worker sees the local stream's order, so both backends give the same losses
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})

@@ -68,8 +68,9 @@ PRESETS = {
                     revisit_share=0.5, eval_steps=10, num_rollout_cases=32, probe_max_steps=3000, cpus_per_trial=4.0,
                     gpus_per_trial=1.0),
 }
-OVERRIDES = ("steps", "batch_size", "window", "probe_max_steps", "num_rollout_cases", "gpus_per_trial",
-             "cpus_per_trial")  # SweepConfig fields that replace the preset's value when given
+# SweepConfig fields that replace the preset's value when given, with the least value each accepts
+OVERRIDES = {"steps": 1, "batch_size": 1, "window": 1, "probe_max_steps": 1, "num_rollout_cases": 0,
+             "gpus_per_trial": 0, "cpus_per_trial": 0}
 
 
 @dataclass
@@ -106,10 +107,9 @@ class SweepConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"--preset: {self.preset!r} is not one of {list(PRESETS)}")
         self.grid = self.grid or PRESETS[self.preset].grid
-        for name in OVERRIDES:
-            if getattr(self, name) is not None and getattr(self, name) < (0 if "pus" in name or "cases" in name else 1):
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= "
-                                 f"{0 if 'pus' in name or 'cases' in name else 1}")
+        for name, least in OVERRIDES.items():
+            if getattr(self, name) is not None and getattr(self, name) < least:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= {least}")
         if self.max_concurrent_trials < 0:
             raise ValueError(f"--max-concurrent-trials {self.max_concurrent_trials}: expected >= 0")
 
