@@ -309,6 +309,9 @@ class Manifest:
     def save(self) -> None:
         write_json_atomic({"shards": dict(sorted(self.shards.items()))}, self.path)
 
+    def done_paths(self) -> list[Path]:
+        return [self.folder / n for n in sorted(self.shards) if self.is_done(n)]
+
     def listed_paths(self) -> list[Path]:
         """Every shard the manifest lists, in name order. Raises SchemaError naming each one that is missing or
         whose size differs from its entry (truncated or replaced), so a reader never skips one silently."""
